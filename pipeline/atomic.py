@@ -1,0 +1,74 @@
+"""Atomic writes: write to a hidden temporary path beside the target, then rename.
+
+A crash (even kill -9) leaves at most a temporary file whose name cannot be
+mistaken for a finished output; `remove_stale_temporaries` cleans those up on
+the next run.  The temporary name carries host and pid so a cleanup never
+removes a file that a live process on this host is still writing.
+"""
+import contextlib
+import os
+import shutil
+import socket
+import uuid
+from pathlib import Path
+
+_TMP_TAG = ".tmp-"
+
+
+def _temporary_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}{_TMP_TAG}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path to write `path` through; rename it into place on success.
+
+    Works for files and folders.  On any exception the temporary is removed and
+    `path` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_name(path)
+    try:
+        yield tmp
+        if tmp.is_dir() and path.is_dir():
+            shutil.rmtree(path)   # a folder cannot be replaced over a non-empty one
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def write_text_atomic(path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+
+
+def _owner_alive(name: str) -> bool:
+    """True unless the temporary was made by a dead process on this host."""
+    try:
+        host_pid = name.split(_TMP_TAG, 1)[1].rsplit("-", 1)[0]
+        host, pid = host_pid.rsplit("-", 1)
+        if host != socket.gethostname():
+            return True       # another machine's writer: we cannot tell, keep it
+        os.kill(int(pid), 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except (IndexError, ValueError, PermissionError):
+        return True
+
+
+def remove_stale_temporaries(folder) -> int:
+    """Delete temporaries left in `folder` by crashed writers; return how many."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for entry in folder.iterdir():
+        if entry.name.startswith(".") and _TMP_TAG in entry.name and not _owner_alive(entry.name):
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            removed += 1
+    return removed

@@ -1,0 +1,85 @@
+"""The hue/chroma colour clusters: a fitted Gaussian mixture or a uniform grid.
+
+A mixture is three plain arrays (weights (K,), means (K, 2), covariances
+(K, 2, 2)) saved with np.savez and loaded with allow_pickle=False, so loading
+an artifact can never run code (the original pickled sklearn objects).
+Features are (hue in [0, 1), chroma / 128), see pipeline.color.
+"""
+import numpy as np
+
+from .atomic import atomic_path
+
+
+def fit_gmm(features, n_clusters: int, seed: int = 0) -> dict:
+    """sklearn GaussianMixture, full covariance, k-means init, fixed seed (as the original)."""
+    from sklearn.mixture import GaussianMixture
+    features = np.asarray(features, dtype=np.float64)
+    if len(features) < n_clusters:
+        raise ValueError(f"GMM fit needs at least {n_clusters} pixels, got {len(features)}")
+    gm = GaussianMixture(n_components=n_clusters, covariance_type="full", init_params="kmeans",
+                         random_state=seed, reg_covar=1e-6)
+    gm.fit(features)
+    return {"weights": gm.weights_, "means": gm.means_, "covariances": gm.covariances_}
+
+
+def uniform_grid(n_clusters: int) -> dict:
+    """The original's 'uniform' binning: a sqrt(K) x sqrt(K) grid over [0,1]^2 hue/chroma,
+    isotropic Gaussians with sigma = bin spacing / sqrt(2), equal weights."""
+    side = int(round(n_clusters ** 0.5))
+    if side * side != n_clusters:
+        raise ValueError(f"uniform binning needs a square number of clusters, got {n_clusters}")
+    centres = (np.arange(side) + 0.5) / side                  # bin centres on each axis
+    hue, chroma = np.meshgrid(centres, centres, indexing="ij")
+    sigma = (1.0 / side) / np.sqrt(2)
+    return {"weights": np.full(n_clusters, 1.0 / n_clusters),
+            "means": np.stack([hue.ravel(), chroma.ravel()], axis=1),
+            "covariances": np.tile(np.eye(2) * sigma ** 2, (n_clusters, 1, 1))}
+
+
+def save_gmm(path, gmm: dict, **meta) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:                            # np.savez would append '.npz'
+            np.savez(f, **{k: np.asarray(v, dtype=np.float64) for k, v in gmm.items()},
+                     **{f"meta_{k}": np.asarray(v) for k, v in meta.items()})
+
+
+def load_gmm(path) -> dict:
+    """Load a mixture saved by save_gmm; never unpickles."""
+    with np.load(path, allow_pickle=False) as z:
+        gmm = {k: z[k] for k in ("weights", "means", "covariances")}
+    _check_gmm(gmm, path)
+    return gmm
+
+
+def _check_gmm(gmm, path):
+    k = len(gmm["weights"])
+    if gmm["means"].shape != (k, 2) or gmm["covariances"].shape != (k, 2, 2):
+        raise ValueError(f"{path}: not a hue/chroma mixture (shapes {gmm['means'].shape}, "
+                         f"{gmm['covariances'].shape})")
+
+
+def _precision_cholesky(covariances):
+    """(K, 2, 2) covariances -> (K, 2, 2) upper factors P with inv(S) = P P^T (as sklearn)."""
+    chol = np.linalg.cholesky(covariances)                   # S = C C^T, C lower
+    inv_chol = np.linalg.inv(chol)                            # C^-1
+    return np.transpose(inv_chol, (0, 2, 1))                  # P = C^-T
+
+
+def posteriors(features, gmm: dict) -> np.ndarray:
+    """(..., 2) features -> (..., K) float32 component posteriors (rows sum to 1).
+
+    Same maths as sklearn's predict_proba (log-weights + Gaussian log-densities,
+    softmax), vectorised over pixels; agrees with it to ~1e-6.
+    """
+    features = np.asarray(features, dtype=np.float64)
+    shape = features.shape[:-1]
+    x = features.reshape(-1, 2)                                # (N, 2)
+    prec = _precision_cholesky(gmm["covariances"])            # (K, 2, 2)
+    log_det = np.log(np.abs(prec[:, [0, 1], [0, 1]])).sum(1)  # (K,) log |P| = -0.5 log |S|
+    # y[n, k] = (x_n - mu_k) P_k, shape (N, K, 2)
+    y = np.einsum("ni,kij->nkj", x, prec) - np.einsum("ki,kij->kj", gmm["means"], prec)[None]
+    log_p = -0.5 * (y ** 2).sum(-1) - np.log(2 * np.pi) + log_det + np.log(gmm["weights"])
+    log_p -= log_p.max(axis=1, keepdims=True)
+    p = np.exp(log_p)
+    p /= p.sum(axis=1, keepdims=True)
+    return p.astype(np.float32).reshape(shape + (len(gmm["weights"]),))

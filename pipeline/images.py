@@ -1,0 +1,392 @@
+"""Robust loading of source photos as fixed-size square RGB arrays.
+
+`load_rgb` (or `load_rgb_with_size`, which also returns the source's
+displayed width and height) is the single entry point the pipeline uses to
+read a photo.  It either returns a ``uint8`` array of shape ``(im_size, im_size, 3)`` or raises
+`SkipImage` with a short machine-readable ``reason`` (see `REASONS`) and a
+human readable ``detail``.  The caller records ``(path, reason, detail)`` and
+moves on; nothing is ever silently replaced by another image or padded.
+
+Design notes
+------------
+* Decoding uses PIL.  The file header is parsed first (``Image.open`` is
+  lazy), so oversized images ("decompression bombs") are refused from their
+  declared size before any pixel is decoded.
+* PIL's ``ImageFile.LOAD_TRUNCATED_IMAGES`` must stay ``False``: with it
+  PIL pads truncated files with grey, which would poison the training data.
+  This module never sets it, and `load_rgb` refuses to run (RuntimeError) if
+  some other code enabled it globally.
+* Grayscale photos carry no colour to learn from, so they are skipped with
+  reason ``"grayscale"``: both grayscale *modes* (decided from the header,
+  without decoding) and RGB files whose channels are (nearly) equal
+  everywhere (decided on the resized image).
+* Transparency (RGBA, LA, P/PA with a transparency entry) is composited on
+  a white background rather than dropped: the colour values stored under
+  fully transparent pixels are arbitrary (often black or leftovers from an
+  editor), and white is how such images are normally displayed.
+* Geometry: the shorter side is scaled to ``im_size`` and the centre
+  ``im_size x im_size`` square is kept.  The networks need square inputs of a
+  fixed size; scaling the shorter side preserves the aspect ratio (no
+  stretching of objects, which would distort the statistics the model
+  learns), and the centre usually holds the subject.  Images smaller than
+  ``im_size`` (even 1x1) are upscaled.  Crop and resize happen in one
+  ``Image.resize(box=...)`` call with an antialiasing filter.
+* Speed: JPEGs at least twice as large as needed are decoded at a reduced
+  DCT scale (``Image.draft``), and ``reducing_gap`` lets PIL do a cheap box
+  reduction before the precise filter.  EXIF orientation is applied after
+  the resize (on the small square) - centre crops commute with the eight
+  EXIF transpositions, so the result equals transposing first.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import stat
+import zlib
+from typing import Final
+
+import numpy as np
+from PIL import Image, ImageFile, JpegImagePlugin
+
+__all__ = [
+    "SkipImage",
+    "REASONS",
+    "GRAYSCALE_MODES",
+    "DEFAULT_MAX_PIXELS",
+    "load_rgb",
+    "load_rgb_with_size",
+    "image_fingerprint",
+]
+
+#: Default pixel limit: PIL's own hard limit (2 * Image.MAX_IMAGE_PIXELS).
+DEFAULT_MAX_PIXELS: Final[int] = 89_478_485 * 2
+
+#: Every reason `SkipImage` may carry.
+REASONS: Final[tuple[str, ...]] = (
+    "missing",          # the path does not exist
+    "not_a_file",       # a directory, socket, ... instead of a regular file
+    "unreadable",       # os-level error (permissions, I/O error)
+    "empty",            # 0-byte file
+    "undecodable",      # not an image / unknown format / corrupt data
+    "truncated",        # header fine but the pixel data ends early
+    "too_large",        # more pixels than allowed (decompression bomb)
+    "grayscale",        # no colour information
+    "unsupported_mode", # a PIL mode we cannot convert to RGB
+)
+
+#: PIL modes that can only hold grayscale data.
+GRAYSCALE_MODES: Final[frozenset[str]] = frozenset(
+    {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+)
+
+#: Resampling filter.  PIL widens the kernel by the scale factor when
+#: downscaling, so this is a properly antialiased filter.  BICUBIC is ~25 %
+#: faster than LANCZOS here (2.1 vs 2.8 ms per 500x375 JPEG at 256) with a
+#: visually negligible difference.
+RESAMPLE: Final = Image.Resampling.BICUBIC
+#: See PIL's ``Image.resize``: a box reduction by an integer factor is done
+#: first as long as the remaining scale factor stays >= this value. 3.0 is
+#: visually indistinguishable from the exact filter and much faster.
+REDUCING_GAP: Final[float] = 3.0
+
+# EXIF orientation -> transposition making the image upright
+# (the same table as PIL.ImageOps.exif_transpose).
+_EXIF_ORIENTATION_TAG: Final[int] = 0x0112
+_TRANSPOSE_FOR_ORIENTATION: Final = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_SWAPS_AXES: Final = frozenset({
+    Image.Transpose.TRANSPOSE, Image.Transpose.TRANSVERSE,
+    Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270,
+})
+
+
+class SkipImage(Exception):
+    """A source file that cannot be used as a colour training photo.
+
+    ``reason`` is one of `REASONS` (a short category used for counting),
+    ``detail`` a human readable explanation.  Picklable, so it can cross
+    process boundaries (joblib / multiprocessing).
+    """
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(reason, detail)
+        self.reason = reason
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}" if self.detail else self.reason
+
+
+def image_fingerprint(path: str | os.PathLike) -> str:
+    """Cheap fingerprint of a file from ``os.stat``: ``"<size>-<mtime_ns>"``.
+
+    Used to detect modified source files without reading them.  A path that
+    does not exist gives ``"missing"`` (so a file appearing later changes the
+    fingerprint), other OS errors propagate.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "missing"
+    return f"{st.st_size}-{st.st_mtime_ns}"
+
+
+def _check_size(w: int, h: int, max_pixels: int) -> None:
+    if w <= 0 or h <= 0:
+        raise SkipImage("undecodable", f"invalid image size {w} x {h}")
+    n = w * h
+    if n > max_pixels:
+        raise SkipImage(
+            "too_large",
+            f"{w} x {h} = {n} pixels exceeds the limit of {max_pixels}",
+        )
+
+
+def _composite_on_white(im: Image.Image) -> Image.Image:
+    """RGBA/LA image -> RGB/L, alpha-composited over white."""
+    a = np.asarray(im)
+    alpha = a[..., -1:].astype(np.uint16)
+    color = a[..., :-1].astype(np.uint16)
+    # out = color * alpha/255 + 255 * (1 - alpha/255), rounded
+    out = (color * alpha + 255 * (255 - alpha) + 127) // 255
+    out = out.astype(np.uint8)
+    if out.shape[-1] == 1:
+        return Image.fromarray(out[..., 0], "L")
+    return Image.fromarray(out, "RGB")
+
+
+def _int_to_l(im: Image.Image) -> Image.Image:
+    """16/32-bit integer grayscale -> 8 bits by scaling (not clipping).
+
+    ``I;16*`` modes are scaled from [0, 65535].  Mode ``I`` (32-bit) has no
+    declared range: values are clipped to [0, 65535] and scaled from 16 bits
+    when any value exceeds 255, otherwise taken as 8-bit data.
+    """
+    a = np.asarray(im)
+    if im.mode.startswith("I;16"):
+        full = 65535
+    else:
+        a = np.clip(a, 0, 65535)
+        full = 65535 if a.size and a.max() > 255 else 255
+    a = a.astype(np.uint32)
+    out = (a * 255 + full // 2) // full
+    return Image.fromarray(out.astype(np.uint8), "L")
+
+
+def _float_to_l(im: Image.Image) -> Image.Image:
+    """Float grayscale -> 8 bits.
+
+    The range is inferred: data within [0, 1] is taken as [0, 1], within
+    [0, 255] as 8-bit, otherwise as 16-bit; NaN becomes 0.
+    """
+    a = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0)
+    hi = float(a.max()) if a.size else 0.0
+    full = 1.0 if hi <= 1.0 else (255.0 if hi <= 255.0 else 65535.0)
+    out = np.clip(np.rint(a * (255.0 / full)), 0, 255).astype(np.uint8)
+    return Image.fromarray(out, "L")
+
+
+@functools.lru_cache(maxsize=1)
+def _lab_to_srgb():
+    from PIL import ImageCms
+
+    return ImageCms.buildTransform(
+        ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB"
+    )
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Convert a loaded image of any PIL mode to mode RGB."""
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode in ("RGBA", "RGBa", "LA", "La", "PA") or (
+        mode == "P" and "transparency" in im.info
+    ):
+        if mode in ("RGBa", "PA", "P"):
+            im = im.convert("RGBA")
+        elif mode == "La":
+            im = im.convert("LA")
+        im = _composite_on_white(im)
+        return im.convert("RGB") if im.mode != "RGB" else im
+    if mode.startswith("I"):
+        return _int_to_l(im).convert("RGB")
+    if mode == "F":
+        return _float_to_l(im).convert("RGB")
+    if mode == "1":
+        return im.convert("L").convert("RGB")
+    if mode == "LAB":
+        # PIL's plain convert() does not do colorimetry for LAB; use LittleCMS
+        try:
+            from PIL import ImageCms
+
+            return ImageCms.applyTransform(im, _lab_to_srgb())
+        except Exception as e:  # ImageCms missing or failing
+            raise SkipImage("unsupported_mode", f"cannot convert LAB to RGB: {e}") from e
+    # L, P, CMYK, YCbCr, RGBX, HSV, LAB ... via PIL's converters
+    try:
+        return im.convert("RGB")
+    except (ValueError, OSError) as e:
+        raise SkipImage("unsupported_mode", f"cannot convert mode {mode} to RGB: {e}") from e
+
+
+def _square_box(w: int, h: int) -> tuple[float, float, float, float]:
+    """Centre square of a w x h image, in (fractional) source pixels."""
+    side = min(w, h)
+    x0 = (w - side) / 2.0
+    y0 = (h - side) / 2.0
+    return (x0, y0, x0 + side, y0 + side)
+
+
+def load_rgb(
+    path: str | os.PathLike,
+    im_size: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    *,
+    allow_grayscale: bool = False,
+    gray_tolerance: int = 2,
+) -> np.ndarray:
+    """Load a photo as a C-contiguous uint8 array of shape (im_size, im_size, 3).
+
+    See `load_rgb_with_size`, which also returns the original size.
+    """
+    return load_rgb_with_size(
+        path, im_size, max_pixels,
+        allow_grayscale=allow_grayscale, gray_tolerance=gray_tolerance,
+    )[0]
+
+
+def load_rgb_with_size(
+    path: str | os.PathLike,
+    im_size: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    *,
+    allow_grayscale: bool = False,
+    gray_tolerance: int = 2,
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Like `load_rgb`, plus the source image's ``(width, height)`` as
+    displayed (after EXIF orientation, before any resizing).
+
+    Load a photo as a C-contiguous uint8 array of shape (im_size, im_size, 3).
+
+    Steps: header check (existence, size limit), decode (JPEG at reduced DCT
+    scale when possible; animated images -> first frame), conversion of any
+    PIL mode to RGB (alpha composited on white, 16-bit data scaled to 8 bits),
+    shorter side scaled to ``im_size`` and centre-cropped, EXIF orientation
+    applied, grayscale check.
+
+    Raises `SkipImage` (reason in `REASONS`) for unusable files.
+    ``allow_grayscale=True`` returns grayscale images (R=G=B) instead of
+    skipping them.  An RGB image counts as grayscale when, after resizing,
+    max|R-G| and max|G-B| are both <= ``gray_tolerance``.
+    ``max_pixels`` larger than PIL's hard limit (2 * Image.MAX_IMAGE_PIXELS)
+    has no effect: PIL refuses such files while parsing the header, which is
+    reported as ``"too_large"`` too.
+    """
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        raise RuntimeError(
+            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is enabled; truncated files "
+            "would be padded with grey instead of being detected. Leave it False."
+        )
+    im_size = int(im_size)
+    if im_size < 1:
+        raise ValueError(f"im_size must be >= 1, got {im_size}")
+    path = os.fspath(path)
+
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise SkipImage("missing", f"no such file: {path}") from None
+    except OSError as e:
+        raise SkipImage("unreadable", f"cannot stat {path}: {e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise SkipImage("not_a_file", f"not a regular file: {path}")
+    if st.st_size == 0:
+        raise SkipImage("empty", f"0-byte file: {path}")
+
+    try:
+        fh = open(path, "rb")
+    except OSError as e:
+        raise SkipImage("unreadable", f"cannot open {path}: {e}") from None
+
+    with fh:
+        try:
+            im = Image.open(fh)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise SkipImage("too_large", f"refused by PIL before decoding: {e}") from None
+        except Image.UnidentifiedImageError:
+            raise SkipImage("undecodable", f"not a recognised image file: {path}") from None
+        except (OSError, SyntaxError, ValueError, EOFError, zlib.error) as e:
+            raise SkipImage("undecodable", f"cannot parse header: {e}") from None
+
+        with im:
+            w, h = im.size
+            _check_size(w, h, max_pixels)
+            if not allow_grayscale and im.mode in GRAYSCALE_MODES:
+                raise SkipImage("grayscale", f"grayscale image mode {im.mode}")
+            if isinstance(im, JpegImagePlugin.JpegImageFile) and (
+                w >= 2 * im_size and h >= 2 * im_size
+            ):
+                # libjpeg decodes directly at 1/2, 1/4 or 1/8 scale, keeping
+                # both sides >= im_size (also for MPO, a JPEG subclass).
+                im.draft("RGB", (im_size, im_size))
+            try:
+                im.load()
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+                raise SkipImage("too_large", str(e)) from None
+            except OSError as e:
+                msg = str(e)
+                if "truncated" in msg:
+                    raise SkipImage("truncated", f"{msg}: {path}") from None
+                raise SkipImage("undecodable", f"{msg}: {path}") from None
+            except (SyntaxError, ValueError, EOFError, zlib.error, IndexError) as e:
+                raise SkipImage("undecodable", f"{type(e).__name__}: {e}: {path}") from None
+
+            try:
+                orientation = im.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+            except Exception:  # corrupt EXIF: not a reason to drop the photo
+                orientation = 1
+
+            rgb = _to_rgb(im)
+            dw, dh = rgb.size  # may differ from (w, h) after draft()
+            out = rgb.resize(
+                (im_size, im_size),
+                RESAMPLE,
+                box=_square_box(dw, dh),
+                reducing_gap=REDUCING_GAP,
+            )
+            del rgb
+
+    try:
+        method = _TRANSPOSE_FOR_ORIENTATION.get(int(orientation))
+    except (TypeError, ValueError):
+        method = None
+    if method is not None:
+        out = out.transpose(method)
+        if method in _SWAPS_AXES:
+            w, h = h, w
+
+    arr = np.asarray(out)
+    if not (arr.flags.c_contiguous and arr.flags.writeable):
+        arr = np.array(arr, order="C")
+    assert arr.shape == (im_size, im_size, 3) and arr.dtype == np.uint8
+
+    if not allow_grayscale:
+        a = arr.astype(np.int16)
+        rg = int(np.abs(a[..., 0] - a[..., 1]).max())
+        gb = int(np.abs(a[..., 1] - a[..., 2]).max())
+        if rg <= gray_tolerance and gb <= gray_tolerance:
+            raise SkipImage(
+                "grayscale",
+                f"RGB image without colour (max |R-G| = {rg}, max |G-B| = {gb} "
+                f"<= {gray_tolerance})",
+            )
+    return arr, (int(w), int(h))

@@ -1,0 +1,111 @@
+"""The work behind the preprocessing tasks: Lab shards, pixel sampling, label shards.
+
+Each function reads and writes plain files so it can be tested without Luigi;
+`on_image(i, n)` callbacks let the task report progress.
+"""
+from pathlib import Path
+
+import numpy as np
+
+from .color import ab_to_hue_chroma, rgb_to_lab
+from .images import SkipImage, load_rgb_with_size
+from .labels import target_posteriors
+from .shards import read_array, read_attrs, write_shard
+from .signature import file_fingerprint
+
+
+def build_lab_shard(root, relpaths, im_size: int, out_path, sig: str = "", on_image=None) -> dict:
+    """Decode, resize and convert `relpaths` to Lab; write one shard; return its summary.
+
+    Unusable files are recorded with a reason in the shard's `skipped` attribute
+    and counted; they are never replaced by another file.
+    """
+    root = Path(root)
+    n = len(relpaths)
+    L = np.empty((n, im_size, im_size), np.float16)
+    ab = np.empty((n, 2, im_size, im_size), np.float16)
+    kept, sizes, fps, skipped = [], [], [], []
+    for i, rp in enumerate(relpaths):
+        try:
+            rgb, size = load_rgb_with_size(root / rp, im_size)
+        except SkipImage as e:
+            skipped.append([rp, e.reason, e.detail])
+        else:
+            lab = rgb_to_lab(rgb)                                # (S, S, 3) float32
+            L[len(kept)] = lab[..., 0]
+            ab[len(kept)] = np.moveaxis(lab[..., 1:], -1, 0)
+            kept.append(rp)
+            sizes.append(size)
+            fps.append(file_fingerprint(root / rp))
+        if on_image:
+            on_image(i + 1, n)
+    m = len(kept)
+    summary = {"n_images": m, "n_skipped": len(skipped), "skipped": skipped}
+    write_shard(out_path,
+                {"L": L[:m], "ab": ab[:m], "paths": kept, "fingerprints": fps,
+                 "sizes": np.asarray(sizes, np.int32).reshape(m, 2)},
+                {"kind": "lab", "signature": sig, "im_size": im_size, **summary})
+    return summary
+
+
+def _choose_images(counts, n_images: int, rng):
+    """Pick up to n_images (shard, index) pairs uniformly from shards with `counts` images."""
+    total = int(sum(counts))
+    flat = rng.choice(total, size=min(n_images, total), replace=False) if total else np.array([], int)
+    starts = np.cumsum([0] + list(counts))
+    shard = np.searchsorted(starts, flat, side="right") - 1
+    return sorted(zip(shard.tolist(), (flat - starts[shard]).tolist()))
+
+
+def sample_pixels(shard_paths, name: str, n_images: int, per_image: int, seed: int) -> np.ndarray:
+    """Random pixels of array `name` ('L' or 'ab') from up to n_images images.
+
+    Returns (P, C) float32, C = 1 for L, 2 for ab.  Deterministic for a seed.
+    """
+    rng = np.random.default_rng(seed)
+    counts = [read_attrs(p)["n_images"] for p in shard_paths]
+    out = []
+    for s, i in _choose_images(counts, n_images, rng):
+        img = read_array(shard_paths[s], name, i).astype(np.float32)  # (S,S) or (2,S,S)
+        img = img.reshape(-1, img.shape[-2] * img.shape[-1])           # (C, S*S)
+        pick = rng.choice(img.shape[1], size=min(per_image, img.shape[1]), replace=False)
+        out.append(img[:, pick].T)
+    if not out:
+        raise ValueError("no images to sample pixels from: every training image was skipped")
+    return np.concatenate(out)
+
+
+def gmm_features(shard_paths, n_images: int, per_image: int, per_image_few: int, seed: int):
+    """(P, 2) hue/chroma features sampled as the original did: n_images x per_image
+    pixels, or per_image_few pixels per image when fewer than 100 images exist."""
+    total = sum(read_attrs(p)["n_images"] for p in shard_paths)
+    per = per_image_few if total < 100 else per_image
+    ab = sample_pixels(shard_paths, "ab", n_images, per, seed)
+    return ab_to_hue_chroma(ab[:, 0], ab[:, 1])
+
+
+def mean_lightness(shard_paths, n_pixels: int, seed: int = 0) -> float:
+    """Mean L over n_pixels sampled from (up to) 1000 images."""
+    counts = [read_attrs(p)["n_images"] for p in shard_paths]
+    n_images = min(1000, int(sum(counts)))
+    per = max(1, -(-n_pixels // max(n_images, 1)))
+    return float(sample_pixels(shard_paths, "L", n_images, per, seed).mean())
+
+
+def build_label_shard(lab_path, gmm: dict, lowpass: int, out_path, sig: str = "", on_image=None) -> dict:
+    """Posteriors of every image of a Lab shard at the target resolution; float16
+    (max error 2^-12 ~ 2.4e-4 on values in [0, 1])."""
+    attrs = read_attrs(lab_path)
+    n, size, k = attrs["n_images"], attrs["im_size"], len(gmm["weights"])
+    s = size // lowpass
+    post = np.empty((n, k, s, s), np.float16)
+    ab_all = read_array(lab_path, "ab") if n else None          # (N, 2, S, S) float16
+    for i in range(n):
+        post[i] = target_posteriors(ab_all[i].astype(np.float32), gmm, lowpass)
+        if on_image:
+            on_image(i + 1, n)
+    paths = list(read_array(lab_path, "paths")) if n else []
+    write_shard(out_path, {"posteriors": post, "paths": paths},
+                {"kind": "labels", "signature": sig, "n_images": n, "n_clusters": k,
+                 "img_lowpass": lowpass, "lab_signature": attrs.get("signature", "")})
+    return {"n_images": n}

@@ -1,0 +1,143 @@
+"""Colour conversion, mixture posteriors, label encoding, shard planning, atomic writes, checksums."""
+import os
+
+import h5py
+import numpy as np
+import pytest
+from skimage.color import lab2rgb, rgb2lab
+
+from pipeline.atomic import atomic_path, remove_stale_temporaries
+from pipeline.color import ab_to_hue_chroma, hue_chroma_to_ab, lab_to_rgb, rgb_to_lab
+from pipeline.gmm import fit_gmm, load_gmm, posteriors, save_gmm, uniform_grid
+from pipeline.labels import lowpass_ab, target_posteriors
+from pipeline.plan import group_files
+from pipeline.shards import ShardError, read_array, verify_shard, write_shard
+
+
+def test_rgb_to_lab_matches_skimage():
+    rgb = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    np.testing.assert_allclose(rgb_to_lab(rgb), rgb2lab(rgb), atol=2e-3)
+
+
+def test_lab_round_trip():
+    rgb = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    assert np.abs(lab_to_rgb(rgb_to_lab(rgb)).astype(int) - rgb).max() <= 1
+    lab = rgb2lab(rgb)
+    assert np.abs(lab_to_rgb(lab).astype(int) - np.round(lab2rgb(lab) * 255)).max() <= 1
+
+
+def test_hue_chroma_round_trip_and_red_at_zero():
+    ab = np.random.default_rng(2).uniform(-100, 100, (500, 2)).astype(np.float32)
+    f = ab_to_hue_chroma(ab[:, 0], ab[:, 1])
+    assert f[:, 0].min() >= 0 and f[:, 0].max() < 1
+    np.testing.assert_allclose(hue_chroma_to_ab(f), ab, atol=1e-3)
+    assert ab_to_hue_chroma(50.0, 0.0)[0] == 0.0           # red (a>0, b=0) at hue 0
+
+
+def test_posteriors_agree_with_sklearn_within_float16():
+    from sklearn.mixture import GaussianMixture
+    x = np.random.default_rng(3).random((3000, 2))
+    gm = GaussianMixture(8, covariance_type="full", random_state=0, reg_covar=1e-6).fit(x)
+    mine = posteriors(x, {"weights": gm.weights_, "means": gm.means_, "covariances": gm.covariances_})
+    ref = gm.predict_proba(x)
+    assert np.abs(mine - ref).max() < 1e-5
+    assert np.abs(mine.astype(np.float16).astype(np.float64) - ref).max() < 1e-3   # stored encoding
+
+
+def test_fit_gmm_is_deterministic_and_round_trips_without_pickle(tmp_path):
+    x = np.random.default_rng(4).random((2000, 2))
+    g1, g2 = fit_gmm(x, 4, seed=0), fit_gmm(x, 4, seed=0)
+    np.testing.assert_array_equal(g1["means"], g2["means"])
+    save_gmm(tmp_path / "g.npz", g1, signature="abc")
+    g3 = load_gmm(tmp_path / "g.npz")
+    for k in g1:
+        np.testing.assert_array_equal(g1[k], g3[k])
+    pickled = tmp_path / "bad.npz"
+    np.savez(pickled, weights=np.array([{"x": 1}], dtype=object), means=np.zeros((1, 2)),
+             covariances=np.eye(2)[None])
+    with pytest.raises(ValueError):
+        load_gmm(pickled)                                        # object arrays are refused
+
+
+def test_uniform_grid_properties():
+    g = uniform_grid(16)
+    assert g["means"].shape == (16, 2) and np.allclose(g["weights"].sum(), 1)
+    np.testing.assert_allclose(g["covariances"][0], np.eye(2) * (0.25 / np.sqrt(2)) ** 2)
+    # a pixel at a bin centre is most likely in that bin
+    p = posteriors(g["means"], g)
+    assert (p.argmax(1) == np.arange(16)).all()
+    with pytest.raises(ValueError):
+        uniform_grid(15)
+
+
+def test_lowpass_close_to_full_resolution_blur():
+    from scipy.ndimage import gaussian_filter
+    rng = np.random.default_rng(5)
+    ab = gaussian_filter(rng.normal(0, 600, (2, 128, 128)), (0, 6, 6)).astype(np.float32)
+    ref = gaussian_filter(ab, (0, 8, 8))[:, 4::8, 4::8]
+    got = lowpass_ab(ab, 8)
+    assert got.shape == (2, 16, 16)
+    assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
+    np.testing.assert_array_equal(lowpass_ab(ab, 1), ab)
+
+
+def test_lowpass_does_not_smear_red_into_green():
+    # left half red-magenta (hue just below 1), right half red-orange (hue just above 0)
+    ab = np.zeros((2, 32, 32), np.float32)
+    ab[0] = 60.0
+    ab[1, :, :16], ab[1, :, 16:] = -10.0, 10.0
+    f = ab_to_hue_chroma(*lowpass_ab(ab, 4))
+    hue = f[..., 0]
+    assert ((hue < 0.05) | (hue > 0.95)).all()                 # stays red; a hue blur would give ~0.5 (cyan)
+
+
+def test_target_posteriors_shape_and_sum():
+    g = uniform_grid(9)
+    ab = np.random.default_rng(6).uniform(-60, 60, (2, 32, 32)).astype(np.float32)
+    p = target_posteriors(ab, g, 4)
+    assert p.shape == (9, 8, 8)
+    np.testing.assert_allclose(p.sum(0), 1, atol=1e-5)
+
+
+def test_content_defined_grouping_is_local():
+    files = [f"img{i:04d}.jpg" for i in range(400)]
+    before = group_files(files, 16)
+    assert all(len(g) <= 64 for g in before) and sum(map(len, before)) == 400
+    after = group_files(files[:200] + ["new.jpg"] + files[200:], 16)
+    changed = [g for g in after if g not in before]
+    assert len(changed) <= 2 and any("new.jpg" in g for g in changed)
+
+
+def test_atomic_path_leaves_nothing_on_error(tmp_path):
+    target = tmp_path / "out.h5"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("partial")
+            raise RuntimeError("crash")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_path(target) as tmp:
+        tmp.write_text("done")
+    assert target.read_text() == "done"
+
+
+def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
+    import socket
+    dead = tmp_path / f".x.h5.tmp-{socket.gethostname()}-999999999-abcd"
+    alive = tmp_path / f".y.h5.tmp-{socket.gethostname()}-{os.getpid()}-abcd"
+    dead.write_text("x"), alive.write_text("y")
+    assert remove_stale_temporaries(tmp_path) == 1
+    assert not dead.exists() and alive.exists()
+
+
+def test_flipped_byte_is_detected_and_names_the_file(tmp_path):
+    path = tmp_path / "s.h5"
+    data = np.random.default_rng(7).random((3, 64, 64)).astype(np.float16)
+    write_shard(path, {"L": data, "paths": ["a", "b", "c"]}, {"n_images": 3}, compression=None)
+    np.testing.assert_array_equal(read_array(path, "L"), data)
+    with h5py.File(path, "r") as f:
+        offset = f["L"].id.get_chunk_info(1).byte_offset
+    raw = bytearray(path.read_bytes())
+    raw[offset + 100] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ShardError, match="s.h5"):
+        verify_shard(path)

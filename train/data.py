@@ -1,0 +1,198 @@
+"""A torch Dataset over precomputed Lab + label shards, and its DataLoader.
+
+Each item is read straight from HDF5 (one chunk per image, so one
+decompression per array): nothing is recomputed per sample, unlike the
+original, which decoded, converted and ran the GMM for every sample.
+
+Files are opened lazily, per process: the Dataset holds only paths and an
+index until the first __getitem__, so it pickles into DataLoader workers, and
+a worker that inherited open handles through fork reopens its own (handles are
+keyed by pid; an h5py handle must not be shared across fork).
+
+Random horizontal flips are drawn from torch's RNG, and are applied to input
+and target together.  With `make_loader` every sample also carries its own
+seed drawn from the epoch's generator, so the flips of an epoch depend only on
+(seed, epoch) -- not on the number of workers, and not on where a resumed run
+restarted inside the epoch.
+"""
+import hashlib
+import os
+from collections import OrderedDict
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from pipeline.shards import ShardError
+
+_MAX_OPEN = 64  # open HDF5 handles kept per process (least recently used closed first)
+
+
+def _shape(path, name):
+    try:
+        with h5py.File(path, "r") as f:
+            if name not in f:
+                raise ShardError(f"shard {path} has no dataset {name!r}")
+            return tuple(f[name].shape)
+    except OSError as e:
+        raise ShardError(f"cannot read shard {path}: {e}") from None
+
+
+class ShardDataset(Dataset):
+    """All images of the given (lab shard, label shard) pairs, in order.
+
+    __getitem__(i) -> (x, target):
+      x       float32 (1, S, S): lightness L minus mean_L
+      target  float32 (K, s, s): cluster posteriors at the target resolution
+    `i` may also be a pair (i, seed) (as yielded by EpochSampler): the flip is
+    then drawn from a generator seeded with `seed` instead of torch's global RNG.
+    """
+
+    def __init__(self, pairs, mean_L: float, flip: bool):
+        self.pairs = [(str(lab), str(label)) for lab, label in pairs]
+        self.mean_L = float(mean_L)
+        self.flip = bool(flip)
+        shard_ids, rows = [], []
+        self.image_size = self.target_size = self.n_classes = None
+        for i, (lab, label) in enumerate(self.pairs):
+            l_shape, p_shape = _shape(lab, "L"), _shape(label, "posteriors")
+            if l_shape[0] != p_shape[0]:
+                raise ShardError(f"label shard {label} has {p_shape[0]} images but its Lab shard "
+                                 f"{lab} has {l_shape[0]}")
+            if l_shape[0] == 0:
+                continue                                  # every file of this shard was skipped
+            sizes = (l_shape[1], p_shape[2], p_shape[1])
+            if self.image_size is None:
+                self.image_size, self.target_size, self.n_classes = sizes
+            elif sizes != (self.image_size, self.target_size, self.n_classes):
+                raise ShardError(f"shard {label}: image/target size, K = {sizes}, but earlier shards "
+                                 f"have {(self.image_size, self.target_size, self.n_classes)}")
+            shard_ids.append(np.full(l_shape[0], i, dtype=np.int32))
+            rows.append(np.arange(l_shape[0], dtype=np.int32))
+        self._shard = np.concatenate(shard_ids) if shard_ids else np.zeros(0, np.int32)
+        self._row = np.concatenate(rows) if rows else np.zeros(0, np.int32)
+        self._files = OrderedDict()
+        self._pid = None
+        self._inherited = []
+
+    def __len__(self):
+        return len(self._shard)
+
+    # -- lazy per-process HDF5 handles ---------------------------------------------------
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_files"], state["_pid"], state["_inherited"] = OrderedDict(), None, []
+        return state
+
+    def _file(self, path):
+        if self._pid != os.getpid():                      # new process (fork or spawn): own handles
+            # Handles inherited through fork are abandoned, not closed: closing them here
+            # would act on HDF5 state shared with the parent.  Worker processes end with
+            # os._exit, so they are never finalised.
+            self._inherited.append(self._files)
+            self._files, self._pid = OrderedDict(), os.getpid()
+        f = self._files.get(path)
+        if f is None:
+            try:
+                f = h5py.File(path, "r")
+            except OSError as e:
+                raise ShardError(f"cannot read shard {path}: {e}") from None
+            self._files[path] = f
+            if len(self._files) > _MAX_OPEN:
+                self._files.popitem(last=False)[1].close()
+        else:
+            self._files.move_to_end(path)
+        return f
+
+    def _read(self, which, name, index):
+        shard, row = int(self._shard[index]), int(self._row[index])
+        path = self.pairs[shard][which]
+        try:
+            return self._file(path)[name][row]
+        except OSError as e:
+            raise ShardError(f"corrupt shard {path} (dataset {name}, row {row}): {e}") from None
+
+    def close(self):
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+    # -- items ---------------------------------------------------------------------------
+    def __getitem__(self, item):
+        index, seed = item if isinstance(item, (tuple, list)) else (item, None)
+        index = int(index)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} images")
+        L = torch.from_numpy(self._read(0, "L", index).astype(np.float32))
+        target = torch.from_numpy(self._read(1, "posteriors", index).astype(np.float32))
+        x = (L - self.mean_L).unsqueeze(0)
+        if self.flip:
+            gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+            if torch.rand((), generator=gen) < 0.5:
+                x, target = x.flip(-1), target.flip(-1)
+        return x.contiguous(), target.contiguous()
+
+    def get_visual(self, index) -> dict:
+        """Unflipped raw arrays of image `index` for visualisation:
+        L (S, S), ab (2, S, S), posteriors (K, s, s) as float32, and its path."""
+        path = self._read(0, "paths", index)
+        return {"L": self._read(0, "L", index).astype(np.float32),
+                "ab": self._read(0, "ab", index).astype(np.float32),
+                "posteriors": self._read(1, "posteriors", index).astype(np.float32),
+                "path": path.decode() if isinstance(path, bytes) else str(path)}
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 63-bit seed for one epoch's order and per-sample seeds."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{epoch}".encode()).digest()[:8], "little") >> 1
+
+
+class EpochSampler(Sampler):
+    """Yields (index, sample_seed) for one epoch; the order (shuffled or not) and the seeds
+    are a function of (seed, epoch) only.  set_epoch(e, start=k) makes the next iteration
+    yield epoch e from its k-th sample on -- how a resumed run skips what it already did
+    without reading those images."""
+
+    def __init__(self, n: int, shuffle: bool, seed: int):
+        self.n, self.shuffle, self.seed = n, shuffle, seed
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0):
+        self.epoch, self.start = int(epoch), int(start)
+
+    def __len__(self):
+        return max(0, self.n - self.start)
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        order = torch.randperm(self.n, generator=gen) if self.shuffle else torch.arange(self.n)
+        seeds = torch.randint(0, 2 ** 62, (self.n,), generator=gen)
+        for i in range(self.start, self.n):
+            yield int(order[i]), int(seeds[i])
+
+
+def _worker_init(worker_id):
+    # torch seeds each worker with base_seed + worker_id (base_seed from the loader's
+    # generator); derive numpy's and python's from it so any library drawing from them
+    # inside a worker is reproducible too.
+    import random
+    seed = torch.initial_seed() % 2 ** 32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def make_loader(dataset, batch_size: int, shuffle: bool, workers: int, seed: int,
+                pin_memory: bool = False, drop_last: bool = False) -> DataLoader:
+    """DataLoader with an EpochSampler (loader.sampler.set_epoch(e, start=k)), a seeded
+    generator for the worker seeds and a worker_init_fn seeding numpy/random.
+
+    Workers are persistent: small datasets have epochs of one or two steps, and forking
+    workers (and reopening shards) every epoch would cost more than the steps.  The sampler
+    runs in the main process, so set_epoch still applies to every new epoch."""
+    generator = torch.Generator().manual_seed(int(seed))
+    sampler = EpochSampler(len(dataset), shuffle, int(seed))
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      pin_memory=pin_memory, drop_last=drop_last, generator=generator,
+                      worker_init_fn=_worker_init if workers > 0 else None,
+                      persistent_workers=workers > 0)
