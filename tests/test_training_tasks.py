@@ -1,0 +1,89 @@
+"""Training through Luigi: FCN-32s then FCN-16s from the label shards, stale-only reruns, resume."""
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import tasks
+from conftest import build
+from pipeline.config import ConfigError, resolve_config
+
+CFG = 102
+
+
+def fcn16(dataset, **overrides):
+    return tasks.TrainFCN16s(config=CFG, overrides=overrides, dataset=str(dataset))
+
+
+def test_train_fcn16s_runs_the_whole_pipeline_and_writes_every_run_file(work, photo_dataset, ran):
+    build(fcn16(photo_dataset))
+    fam = ran.families()
+    assert fam.count("TrainFCN32s") == 1 and fam.count("TrainFCN16s") == 1
+    assert fam.count("FitGMM") == 1 and fam.count("MeanLightness") == 1
+    t16 = fcn16(photo_dataset)
+    for run in (t16.init_task().run_dir(), t16.run_dir()):
+        for name in ("done.json", "best.pt", "checkpoint.pt", "log.csv", "config.json", "loss.png", "iou.png"):
+            assert (run / name).exists(), run / name
+        assert list((run / "tiles").glob("*.jpg")) and list((run / "tb").iterdir())
+        rows = list(csv.DictReader(open(run / "log.csv")))
+        assert [r["iteration"] for r in rows if r["split"] == "valid"] == ["10", "20"]
+        config = json.loads((run / "config.json").read_text())
+        assert config["cfg"]["lr"] == resolve_config(CFG)["lr"] and len(config["git"]["revision"]) == 40
+    ckpt = torch.load(t16.run_dir() / "best.pt", weights_only=True)
+    assert ckpt["model_settings"]["arch"] == "fcn16s"
+    ran.clear()
+    build(fcn16(photo_dataset))
+    assert ran.families() == []
+
+
+def test_changing_lr_reruns_only_training(work, photo_dataset, ran):
+    build(fcn16(photo_dataset))
+    ran.clear()
+    build(fcn16(photo_dataset, lr=1e-3))
+    assert sorted(ran.families()) == ["TrainFCN16s", "TrainFCN32s"]
+
+
+def test_changing_k_reruns_labels_and_training_not_lab_shards(work, photo_dataset, ran):
+    build(fcn16(photo_dataset))
+    ran.clear()
+    build(fcn16(photo_dataset, n_clusters=5))
+    fam = ran.families()
+    assert fam.count("LabShard") == 0 and fam.count("MeanLightness") == 0
+    assert fam.count("FitGMM") == 1 and fam.count("LabelShard") >= 3
+    assert fam.count("TrainFCN32s") == 1 and fam.count("TrainFCN16s") == 1
+
+
+def test_configs_with_equal_label_settings_share_label_shards(work, photo_dataset, ran):
+    build(tasks.TrainFCN32s(config=CFG, dataset=str(photo_dataset)))
+    ran.clear()
+    build(tasks.TrainFCN32s(config=CFG, overrides={"weight_decay": 1e-4, "max_iteration": 10},
+                            dataset=str(photo_dataset)))
+    assert ran.families() == ["TrainFCN32s"]
+
+
+def test_interrupted_training_resumes_from_its_checkpoint(work, photo_dataset, ran, monkeypatch):
+    import train.loop
+    real_fit = train.loop.fit
+
+    def crash_after_12(*args, **kwargs):
+        real_fit(*args, **kwargs, stop_after=12)
+        raise RuntimeError("simulated crash")
+    monkeypatch.setattr(train.loop, "fit", crash_after_12)
+    t32 = tasks.TrainFCN32s(config=CFG, dataset=str(photo_dataset))
+    result = tasks.luigi.build([t32], local_scheduler=True, log_level="WARNING")
+    assert not result and not Path(t32.output().path).exists()
+    monkeypatch.setattr(train.loop, "fit", real_fit)
+    build(tasks.TrainFCN32s(config=CFG, dataset=str(photo_dataset)))
+    done = json.loads(Path(t32.output().path).read_text())
+    assert done["resumed_from"] == 10 and done["iterations"] == 20
+    rows = [r["iteration"] for r in csv.DictReader(open(t32.run_dir() / "log.csv")) if r["split"] == "valid"]
+    assert rows == ["10", "20"]
+
+
+def test_unknown_config_or_key_is_a_one_line_error_listing_valid_ones():
+    with pytest.raises(ConfigError, match=r"valid configs: \[7, 14, 15"):
+        resolve_config(3)
+    with pytest.raises(ConfigError, match="unknown config key.*'lrate'.*valid keys"):
+        resolve_config(14, {"lrate": 1})
