@@ -37,10 +37,20 @@ class colorize(luigi.Config):
     dataset = luigi.Parameter(default="data/samples", description="default dataset root")
     device = luigi.Parameter(default="auto", description="auto | cpu | cuda | cuda:N")
     loader_workers = luigi.IntParameter(default=2, description="DataLoader worker processes")
+    gpu_resource = luigi.Parameter(default="gpu", description="[resources] name a training task takes 1 of "
+                                   "(per-host names, e.g. gpu_host1, with a central scheduler)")
 
 
 def work_dir() -> Path:
     return Path(colorize().work_dir)
+
+
+@luigi.Task.event_handler(luigi.Event.START)
+def _remove_stale_temporaries(task):
+    """Before any task writes, clear temporaries that killed writers left beside its outputs."""
+    for target in luigi.task.flatten(task.output()):
+        if isinstance(target, luigi.LocalTarget):
+            remove_stale_temporaries(Path(target.path).parent)
 
 
 class _ProgressMixin:
@@ -87,7 +97,6 @@ class LabShard(LabParams, _ProgressMixin):
         return luigi.LocalTarget(self.lab_dir() / f"{self.shard}.h5")
 
     def run(self):
-        remove_stale_temporaries(self.lab_dir())
         build_lab_shard(self.root(), list(self.files), self.im_size, self.output().path,
                         sig=self.shard, on_image=self._progress_callback(f"lab {self.shard}"))
 
@@ -229,7 +238,6 @@ class LabelShard(LabelParams, _ProgressMixin):
         return luigi.LocalTarget(self.label_dir() / f"{sig}.h5")
 
     def run(self):
-        remove_stale_temporaries(self.label_dir())
         gmm = load_gmm(self.input()["gmm"].path)
         build_label_shard(self.input()["lab"].path, gmm, self.img_lowpass, self.output().path,
                           sig=Path(self.output().path).stem,
@@ -303,7 +311,10 @@ class TrainFCN(luigi.Task):
     dataset = luigi.Parameter(default="", description="dataset root ('' = [colorize] dataset)")
     arch = None            # set by the subclasses
     init_task_class = None
-    resources = {"gpu": 1}
+
+    @property
+    def resources(self):
+        return {colorize().gpu_resource: 1}
 
     @cached_property
     def cfg(self):
@@ -325,6 +336,8 @@ class TrainFCN(luigi.Task):
                                       shard_size=cfg["shard_size"], mean_pixels=cfg["mean_pixels"])}
         if self.init_task():
             reqs["init"] = self.init_task()
+        if cfg["rebalance"] > 0:       # class rebalancing: the train labels' cluster prior
+            reqs["prior"] = ClassPrior(**label_params(cfg, ds, cfg["train_split"]))
         return reqs
 
     def sig(self):
@@ -345,6 +358,10 @@ class TrainFCN(luigi.Task):
         data = {"train": reqs["train"].pairs(), "val": reqs["val"].pairs(),
                 "mean_L": json.loads(Path(reqs["mean"].output().path).read_text())["mean_L"],
                 "gmm": load_gmm(reqs["gmm"].output().path), "n_clusters": self.cfg["n_clusters"]}
+        if "prior" in reqs:
+            from pipeline.prior import rebalance_weights
+            prior = json.loads(Path(reqs["prior"].output().path).read_text())["prior"]
+            data["class_weights"] = rebalance_weights(prior, self.cfg["rebalance"]).tolist()
         init = str(reqs["init"].run_dir() / "best.pt") if "init" in reqs else None
 
         def on_step(iteration, total, loss):
@@ -412,3 +429,78 @@ class Demo(luigi.Task):
                          f"(iteration {done.get('best_iteration')}); log.csv, loss.png, iou.png, tiles/, tb/")
         print("\n".join(lines), flush=True)
         self._done = True
+
+
+# ---------------------------------------------------------------- class prior and evaluation
+class ClassPrior(LabelParams):
+    """Reads a split's label shards (the train split's: the rebalancing prior); writes
+    labels/.../prior-<split>-<sig>.json: the empirical prior of the argmax clusters
+    (pipeline/prior.py).  Depends only on the LabelSplit signature."""
+    split = luigi.Parameter(default="train")
+
+    def label_split(self):
+        return LabelSplit(**{k: getattr(self, k) for k in LabelSplit.get_param_names()})
+
+    def requires(self):
+        return self.label_split()
+
+    def sig(self):
+        return signature("prior", labels=self.label_split().sig())
+
+    def output(self):
+        return luigi.LocalTarget(self.label_dir() / f"prior-{self.split}-{self.sig()}.json")
+
+    def run(self):
+        from pipeline.prior import cluster_prior
+        prior = cluster_prior([label for _, label in self.label_split().pairs()], self.n_clusters)
+        write_text_atomic(self.output().path, json.dumps({"split": self.split, **prior}, indent=1))
+
+
+class Evaluate(luigi.Task, _ProgressMixin):
+    """Reads a trained run's best.pt (training it first if needed), the config's val split
+    Lab + label shards, the GMM and the mean lightness; writes the run's sibling folder
+    runs/<run>-evaluate-<sig>/ (metrics.json, report.html, auc.png, gallery/, the run's
+    loss.png + iou.png, gmm.npz) (pipeline/evaluate.py)."""
+    config = luigi.IntParameter(description="experiment config number (pipeline/config.py)")
+    overrides = luigi.DictParameter(default={}, description="JSON dict of config keys to change")
+    dataset = luigi.Parameter(default="", description="dataset root ('' = [colorize] dataset)")
+    arch = luigi.ChoiceParameter(choices=["fcn32s", "fcn16s", "fcn8s"], default="fcn16s")
+    temperature = luigi.FloatParameter(default=0.38, description="annealed-mean temperature")
+    gallery = luigi.IntParameter(default=4, description="best and worst images shown in the report")
+
+    @property
+    def resources(self):               # the GPU its training task takes
+        return self.train_task().resources
+
+    def train_task(self):
+        cls = {"fcn32s": TrainFCN32s, "fcn16s": TrainFCN16s, "fcn8s": TrainFCN8s}[self.arch]
+        return cls(config=self.config, overrides=self.overrides, dataset=self.dataset)
+
+    def requires(self):
+        return self.train_task()
+
+    def sig(self):
+        train = self.train_task()
+        return signature("evaluate", run=train.sig(), val=train.requires()["val"].sig(),
+                         temperature=self.temperature, gallery=self.gallery)
+
+    def out_dir(self) -> Path:
+        run = self.train_task().run_dir()
+        return run.parent / f"{run.name}-evaluate-{self.sig()}"
+
+    def output(self):
+        return luigi.LocalTarget(self.out_dir() / "metrics.json")
+
+    def run(self):
+        from pipeline.evaluate import evaluate_run, metrics_table
+        train = self.train_task()
+        reqs = train.requires()
+        metrics = evaluate_run(
+            train.run_dir(), self.out_dir(), reqs["val"].pairs(), load_gmm(reqs["gmm"].output().path),
+            json.loads(Path(reqs["mean"].output().path).read_text())["mean_L"],
+            temperature=self.temperature, n_gallery=self.gallery, device=colorize().device,
+            info={"config": self.config, "overrides": dict(self.overrides), "arch": self.arch,
+                  "split": train.cfg["val_split"], "dataset": str(reqs["val"].root())},
+            on_image=self._progress_callback("evaluate"))
+        log.info("[evaluate] %s on %d %s images: %s\n%s", self.arch, metrics["n_images"],
+                 train.cfg["val_split"], self.out_dir(), metrics_table(metrics))

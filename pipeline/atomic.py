@@ -24,21 +24,29 @@ def atomic_path(path):
     """Yield a temporary path to write `path` through; rename it into place on success.
 
     Works for files and folders.  On any exception the temporary is removed and
-    `path` is untouched.
+    `path` is untouched.  An OSError (full disk, read-only or missing folder, ...)
+    is re-raised as a one-line OSError "cannot write <path>: <reason>" with the same
+    errno, so the message names the output, not the temporary.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary_name(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         if tmp.is_dir() and path.is_dir():
             shutil.rmtree(path)   # a folder cannot be replaced over a non-empty one
         os.replace(tmp, path)
+    except OSError as e:
+        reason = os.strerror(e.errno) if e.errno else (e.strerror or str(e))
+        raise OSError(e.errno, f"cannot write {path}: {reason}") from e
     finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
+        try:
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            elif tmp.exists():
+                tmp.unlink()
+        except OSError:
+            pass              # never hide the error above; a stale temporary is removed later
 
 
 def write_text_atomic(path, text: str) -> None:

@@ -49,10 +49,12 @@ CONFIGS = {
     15: dict(n_clusters=16, img_lowpass=8, optim="adam", lr=1e-6, momentum=0.8,
              weight_decay=5e-4, max_iteration=100_000, interval_validate=50,
              train_split="train", val_split="small", im_size=256, init_config=14),
-    # 101: CPU demo on the bundled photos: over-fit a narrow network in minutes.
+    # 101: CPU demo on the bundled photos: over-fit a narrow network in minutes.  Like
+    # config 7 it validates on its training photos (a sanity check that the model can
+    # learn the targets); evaluate on 'val' for held-out numbers.
     101: dict(im_size=96, shard_size=4, n_clusters=16, img_lowpass=4, width=0.25,
               lr=1e-3, weight_decay=0.0, batch_size=4, max_iteration=300,
-              interval_validate=50, train_split="train", val_split="val"),
+              interval_validate=50, train_split="train", val_split="train"),
     # 102: tests: tiny images, tiny network, a few dozen steps.
     # (FCN-32s cannot resolve finer than ~8 px targets on 32 px images, hence low-pass 8)
     102: dict(im_size=32, shard_size=4, n_clusters=4, img_lowpass=8, width=1 / 16,

@@ -29,9 +29,14 @@ def _as_attr(value):
 
 
 def write_shard(path, arrays: dict, attrs: dict, compression="lzf") -> None:
-    """Atomically write `arrays` (first axis = image) and `attrs` to an HDF5 file."""
+    """Atomically write `arrays` (first axis = image) and `attrs` to an HDF5 file.
+
+    The file is built in memory and written with plain file I/O: a full disk or a
+    read-only folder is then an ordinary OSError naming `path` (HDF5 writing to disk
+    itself leaves the library in a state that segfaults the process at exit).
+    """
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(tmp.name, "w", driver="core", backing_store=False, block_size=1 << 22) as f:
             for name, value in arrays.items():
                 value = np.asarray(value) if not isinstance(value, list) else value
                 if isinstance(value, list) or value.dtype.kind in "OUS":
@@ -44,6 +49,10 @@ def write_shard(path, arrays: dict, attrs: dict, compression="lzf") -> None:
                                  compression=compression, shuffle=True, fletcher32=True)
             for key, value in attrs.items():
                 f.attrs[key] = _as_attr(value)
+            f.flush()
+            image = f.id.get_file_image()
+        with open(tmp, "wb") as out:
+            out.write(image)
 
 
 def read_attrs(path) -> dict:

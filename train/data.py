@@ -152,23 +152,42 @@ class EpochSampler(Sampler):
     """Yields (index, sample_seed) for one epoch; the order (shuffled or not) and the seeds
     are a function of (seed, epoch) only.  set_epoch(e, start=k) makes the next iteration
     yield epoch e from its k-th sample on -- how a resumed run skips what it already did
-    without reading those images."""
+    without reading those images.
 
-    def __init__(self, n: int, shuffle: bool, seed: int):
+    Distributed (world_size > 1): every rank computes the same order and takes the
+    positions start + rank, start + rank + world_size, ...  `start` counts samples of the
+    whole world.  With global_batch (training, drop_last) the positions stop at the last
+    whole global batch, so every rank yields the same number of samples, and per-rank
+    batch k (global_batch / world_size samples) of all ranks together is exactly batch k
+    of a single process with batch global_batch -- the same images, flips and seeds.
+    Without global_batch (validation) the ranks split every position, some one more.
+    """
+
+    def __init__(self, n: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1,
+                 global_batch=None):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} out of range for world_size {world_size}")
         self.n, self.shuffle, self.seed = n, shuffle, seed
+        self.rank, self.world_size, self.global_batch = int(rank), int(world_size), global_batch
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0):
         self.epoch, self.start = int(epoch), int(start)
 
+    def _positions(self):
+        end = self.n
+        if self.global_batch:
+            end = self.start + max(0, self.n - self.start) // self.global_batch * self.global_batch
+        return range(self.start + self.rank, end, self.world_size)
+
     def __len__(self):
-        return max(0, self.n - self.start)
+        return len(self._positions())
 
     def __iter__(self):
         gen = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         order = torch.randperm(self.n, generator=gen) if self.shuffle else torch.arange(self.n)
         seeds = torch.randint(0, 2 ** 62, (self.n,), generator=gen)
-        for i in range(self.start, self.n):
+        for i in self._positions():
             yield int(order[i]), int(seeds[i])
 
 
@@ -183,15 +202,20 @@ def _worker_init(worker_id):
 
 
 def make_loader(dataset, batch_size: int, shuffle: bool, workers: int, seed: int,
-                pin_memory: bool = False, drop_last: bool = False) -> DataLoader:
+                pin_memory: bool = False, drop_last: bool = False, rank: int = 0,
+                world_size: int = 1) -> DataLoader:
     """DataLoader with an EpochSampler (loader.sampler.set_epoch(e, start=k)), a seeded
     generator for the worker seeds and a worker_init_fn seeding numpy/random.
 
     Workers are persistent: small datasets have epochs of one or two steps, and forking
     workers (and reopening shards) every epoch would cost more than the steps.  The sampler
-    runs in the main process, so set_epoch still applies to every new epoch."""
+    runs in the main process, so set_epoch still applies to every new epoch.
+
+    Distributed: batch_size is per rank; the sampler gives this rank its share of each
+    epoch (see EpochSampler), whole global batches of batch_size * world_size with drop_last."""
     generator = torch.Generator().manual_seed(int(seed))
-    sampler = EpochSampler(len(dataset), shuffle, int(seed))
+    global_batch = batch_size * world_size if (drop_last and world_size > 1) else None
+    sampler = EpochSampler(len(dataset), shuffle, int(seed), rank, world_size, global_batch)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       pin_memory=pin_memory, drop_last=drop_last, generator=generator,
                       worker_init_fn=_worker_init if workers > 0 else None,

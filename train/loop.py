@@ -9,6 +9,15 @@ optimiser, iteration, epoch and position inside it, best loss and every RNG
 are restored, log rows written after the checkpoint are dropped, and the run
 ends at the same weights an uninterrupted run reaches (on CPU).
 
+Distributed (fit(..., distributed=True) inside an initialised torch.distributed process
+group, see train/distributed.py): cfg["batch_size"] is the GLOBAL batch, split evenly over
+the ranks; BatchNorm becomes SyncBatchNorm and the model is wrapped in
+DistributedDataParallel; per-step losses and the train confusion matrix are all-reduced;
+every rank evaluates its share of the validation split and the loss sums and confusion
+matrices are all-reduced; rank 0 alone writes the run folder.  `iteration`, `epoch` and
+`position` (images of the epoch consumed by all ranks together) mean what they mean in a
+single process, so a checkpoint resumes with any number of ranks.
+
 Run folder:
   config.json        resolved cfg, arch, data sizes, git revision + dirty flag
   log.csv            LOG_COLUMNS, see below
@@ -159,6 +168,10 @@ def git_info(path=None) -> dict:
         return {"revision": "unknown", "dirty": None}
 
 
+def _quiet(*args, **kwargs):
+    pass
+
+
 def _plain(obj):
     """JSON round trip: plain Python types only (what weights_only loading accepts)."""
     return json.loads(json.dumps(obj, default=str))
@@ -179,24 +192,35 @@ def _autocast(device):
     return contextlib.nullcontext()
 
 
-def new_train_state(n_classes, device) -> dict:
-    """Mutable state shared by fit and train_one_epoch."""
+def new_train_state(n_classes, device, world_size=1) -> dict:
+    """Mutable state shared by fit and train_one_epoch.  world_size > 1: train_one_epoch runs
+    on one rank of a process group (batches are per-rank shares of the global batch)."""
     return {"iteration": 0, "epoch": 0, "position": 0, "images": 0, "stop": False,
             "class_weights": None, "loss_sum": 0.0, "steps": 0,
-            "meter": ConfusionMeter(n_classes, device)}
+            "meter": ConfusionMeter(n_classes, device), "world_size": int(world_size)}
+
+
+def _mean_over_ranks(value):
+    """All-reduced mean of a scalar tensor over the default process group, as a float."""
+    import torch.distributed as dist
+    value = value.detach().float().clone()
+    dist.all_reduce(value)
+    return value.item() / dist.get_world_size()
 
 
 def train_one_epoch(model, loader, optimizer, device, state, cfg, on_step=None) -> int:
     """Train on the rest of the current epoch (loader.sampler already positioned), stopping
     early at cfg['max_iteration'] steps or when state['stop'] is set.
 
-    Per step: state['iteration'] += 1, state['position'] += batch size, the step's loss and
-    confusion matrix are accumulated into state, then on_step(iteration, max_iteration, loss)
+    Per step: state['iteration'] += 1, state['position'] += batch size (the global batch with
+    state['world_size'] > 1), the step's loss (the mean over ranks) and
+    confusion matrix (this rank's; fit all-reduces it) are accumulated into state, then on_step(iteration, max_iteration, loss)
     is called (fit validates and checkpoints from there).  When the epoch is exhausted,
     state['epoch'] += 1 and state['position'] = 0.  Returns the number of steps taken.
     """
     max_iteration = int(cfg["max_iteration"])
     weights = state.get("class_weights")
+    world_size = state.get("world_size", 1)
     steps = 0
     for x, target in loader:
         if state["iteration"] >= max_iteration or state["stop"]:
@@ -211,9 +235,9 @@ def train_one_epoch(model, loader, optimizer, device, state, cfg, on_step=None) 
         optimizer.step()
         steps += 1
         state["iteration"] += 1
-        state["position"] += x.shape[0]
-        state["images"] += x.shape[0]
-        loss_value = loss.item()
+        state["position"] += x.shape[0] * world_size
+        state["images"] += x.shape[0] * world_size
+        loss_value = loss.item() if world_size == 1 else _mean_over_ranks(loss)
         state["loss_sum"] += loss_value
         state["steps"] += 1
         state["meter"].update(scores.detach(), labels)
@@ -227,9 +251,13 @@ def train_one_epoch(model, loader, optimizer, device, state, cfg, on_step=None) 
 
 
 @torch.inference_mode()
-def evaluate(model, loader, device, n_classes, class_weights=None) -> dict:
+def evaluate(model, loader, device, n_classes, class_weights=None, all_reduce=False) -> dict:
     """Eval-mode loss and scores over every image of `loader`:
-    dict(loss, acc, acc_cls, mean_iu, fwavacc), loss = mean KL over all pixels."""
+    dict(loss, acc, acc_cls, mean_iu, fwavacc), loss = mean KL over all pixels.
+    all_reduce: `loader` holds this rank's share of the split; the loss sums, image counts
+    and confusion matrices of all ranks are summed (every rank gets the split's scores).
+    Pass the bare model, not a DistributedDataParallel wrapper (ranks may hold unequal
+    shares, so no collective may run per batch)."""
     was_training = model.training
     model.eval()
     meter = ConfusionMeter(n_classes, device)
@@ -246,6 +274,12 @@ def evaluate(model, loader, device, n_classes, class_weights=None) -> dict:
         n += x.shape[0]
         meter.update(scores, labels)
     model.train(was_training)
+    if all_reduce:
+        import torch.distributed as dist
+        count = torch.tensor(float(n), dtype=torch.float64, device=device)
+        for t in (total, count, meter.hist):
+            dist.all_reduce(t)
+        n = int(count.item())
     out = {"loss": float(total / n) if n else float("nan")}
     out.update(meter.scores())
     return out
@@ -343,7 +377,7 @@ def _tiles(model, dataset, mean_L, gmm, device, n):
 
 
 def fit(run_dir, cfg, arch, data, init_checkpoint=None, device="auto", loader_workers=0,
-        log=print, on_step=None, stop_after=None) -> dict:
+        log=print, on_step=None, stop_after=None, distributed=False, sync_bn=True) -> dict:
     """Train `arch` on data["train"], validating on data["val"]; resume if run_dir has a
     checkpoint.  data: {"train": [(lab, label), ...], "val": [...], "mean_L": float,
     "gmm": mixture dict, "n_clusters": K, "class_weights": optional (K,) array}.
@@ -353,13 +387,27 @@ def fit(run_dir, cfg, arch, data, init_checkpoint=None, device="auto", loader_wo
     step.  stop_after: end this session after that many steps in total (the run stays
     resumable).  Returns {best_val_loss, best_iteration, final (last validation metrics),
     iterations, images_per_s, elapsed_s, device, resumed_from, complete, run_dir}.
+
+    distributed: this process is one rank of the default torch.distributed process group
+    (every rank calls fit with the same arguments, `device` its own); see the module
+    docstring.  Only rank 0 logs and writes; on_step runs on every rank (with the mean loss
+    over ranks).  sync_bn: convert BatchNorm to SyncBatchNorm (distributed only).
     """
     from models.fcn import build_model, init_from_fcn, load_vgg16_bn_weights, model_settings
 
     t_session = time.time()
+    rank, world_size = 0, 1
+    if distributed:
+        from . import distributed as ddp
+        rank, world_size = ddp.rank_and_world()
+        if rank != 0:
+            log = _quiet
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(run_dir)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run_dir)
+    if world_size > 1:
+        ddp.barrier()                                      # the folder exists, no stale temporaries
     device = resolve_device(device, log)
     cuda = device.type == "cuda"
     if cuda:
@@ -377,9 +425,13 @@ def fit(run_dir, cfg, arch, data, init_checkpoint=None, device="auto", loader_wo
         if ds.n_classes != n_classes:
             raise ValueError(f"{name} label shards have K={ds.n_classes}, data says n_clusters={n_classes}")
     batch_size = int(cfg["batch_size"])
+    if world_size > 1:
+        batch_size = ddp.per_rank_batch(batch_size, world_size, len(train_set))
     train_loader = make_loader(train_set, batch_size, True, loader_workers, seed, pin_memory=cuda,
-                               drop_last=len(train_set) >= batch_size)
-    val_loader = make_loader(val_set, batch_size, False, loader_workers, seed, pin_memory=cuda)
+                               drop_last=len(train_set) >= batch_size * world_size,
+                               rank=rank, world_size=world_size)
+    val_loader = make_loader(val_set, batch_size, False, loader_workers, seed, pin_memory=cuda,
+                             rank=rank, world_size=world_size)
     class_weights = data.get("class_weights")
     if class_weights is not None:
         class_weights = torch.as_tensor(np.asarray(class_weights, np.float32), device=device)
@@ -399,11 +451,16 @@ def fit(run_dir, cfg, arch, data, init_checkpoint=None, device="auto", loader_wo
             coarse = load_model_from_checkpoint(init_checkpoint)
             copied = init_from_fcn(model, coarse)
             log(f"initialised from {init_checkpoint} ({coarse.arch}): {len(copied)} tensors copied")
+    if world_size > 1 and sync_bn:
+        model = ddp.convert_sync_batchnorm(model)
     model.to(device)
     if cuda:
         model.to(memory_format=torch.channels_last)
+    train_model = ddp.wrap(model, device) if world_size > 1 else model  # model: the bare module
     optimizer = make_optimizer(model, cfg)
-    state = new_train_state(n_classes, device)
+    if world_size > 1:
+        ddp.seed_rank(seed, rank, 0)                       # own dropout masks on every rank
+    state = new_train_state(n_classes, device, world_size)
     state["class_weights"] = class_weights
     best_loss, best_iteration, last_val, elapsed_before = None, None, None, 0.0
     resumed_from = None
@@ -414,25 +471,32 @@ def fit(run_dir, cfg, arch, data, init_checkpoint=None, device="auto", loader_wo
         state.update(iteration=resume["iteration"], epoch=resume["epoch"], position=resume["position"])
         best_loss, best_iteration = resume["best_loss"], resume["best_iteration"]
         last_val, elapsed_before = resume["last_val"], resume["elapsed_s"]
-        set_rng_states(resume["rng"], train_loader.generator)
-        _truncate_log(log_path, state["iteration"])
+        if world_size > 1:
+            ddp.restore_rng(resume, seed, rank, world_size, train_loader.generator, log)
+        else:
+            set_rng_states(resume["rng"], train_loader.generator)
+        if rank == 0:
+            _truncate_log(log_path, state["iteration"])
         resumed_from = state["iteration"]
         log(f"resuming {run_dir} from iteration {resumed_from}")
 
     max_iteration, interval = int(cfg["max_iteration"]), int(cfg["interval_validate"])
-    write_text_atomic(run_dir / "config.json", json.dumps(_plain({
-        "cfg": cfg, "arch": arch, "model_settings": settings, "init_checkpoint": init_checkpoint,
-        "data": {"n_train": len(train_set), "n_val": len(val_set), "train_shards": len(train_set.pairs),
-                 "val_shards": len(val_set.pairs), "image_size": train_set.image_size,
-                 "target_size": train_set.target_size, "n_clusters": n_classes,
-                 "mean_L": float(data["mean_L"]),
-                 "class_weights": None if class_weights is None else class_weights.tolist()},
-        "git": git_info(), "device": str(device), "torch": torch.__version__,
-        "resumed_from": resumed_from}), indent=2) + "\n")
+    if rank == 0:
+        write_text_atomic(run_dir / "config.json", json.dumps(_plain({
+            "cfg": cfg, "arch": arch, "model_settings": settings, "init_checkpoint": init_checkpoint,
+            "data": {"n_train": len(train_set), "n_val": len(val_set), "train_shards": len(train_set.pairs),
+                     "val_shards": len(val_set.pairs), "image_size": train_set.image_size,
+                     "target_size": train_set.target_size, "n_clusters": n_classes,
+                     "mean_L": float(data["mean_L"]),
+                     "class_weights": None if class_weights is None else class_weights.tolist()},
+            "git": git_info(), "device": str(device), "torch": torch.__version__,
+            "world_size": world_size, "resumed_from": resumed_from}), indent=2) + "\n")
 
-    from torch.utils.tensorboard import SummaryWriter
-    writer = SummaryWriter(str(run_dir / "tb"), purge_step=(state["iteration"] + 1) if resume else None)
-    progress = Progress(max_iteration, state["iteration"], log)
+    writer = progress = None
+    if rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(run_dir / "tb"), purge_step=(state["iteration"] + 1) if resume else None)
+        progress = Progress(max_iteration, state["iteration"], log)
     gmm = data.get("gmm")
     timing = {"val_s": 0.0}
 
@@ -441,13 +505,23 @@ def fit(run_dir, cfg, arch, data, init_checkpoint=None, device="auto", loader_wo
         t0 = time.time()
         it = state["iteration"]
         lr = optimizer.param_groups[0]["lr"]
+        if world_size > 1:
+            ddp.all_reduce_(state["meter"].hist)
         train_row = {"loss": state["loss_sum"] / max(state["steps"], 1), **state["meter"].scores()}
-        val = evaluate(model, val_loader, device, n_classes)
+        val = evaluate(model, val_loader, device, n_classes, all_reduce=world_size > 1)
         elapsed = elapsed_before + time.time() - t_session
         best = is_better(val["loss"], best_loss)
         if best:
             best_loss, best_iteration = val["loss"], it
         last_val = dict(val)
+        rng = rng_states(train_loader.generator)
+        rng["loader"] = state["loader_rng"]   # the loader generator as it was at the epoch's start
+        rng_ranks = ddp.gather_rng(rng) if world_size > 1 else None
+        if rank != 0:
+            state.update(loss_sum=0.0, steps=0)
+            state["meter"].reset()
+            timing["val_s"] += time.time() - t0
+            return
         common = {"iteration": it, "epoch": state["epoch"], "lr": lr, "elapsed_s": round(elapsed, 3)}
         _append_rows(log_path, [{**common, "split": "train", **train_row},
                                 {**common, "split": "valid", **val}])
@@ -467,16 +541,17 @@ def fit(run_dir, cfg, arch, data, init_checkpoint=None, device="auto", loader_wo
                    "val": dict(val)}
         if best:                                      # best.pt first: see module docstring
             save_checkpoint(best_path, payload)
-        payload.update(optimizer=optimizer.state_dict(), rng=rng_states(train_loader.generator))
-        # the loader generator must be stored as it was at the start of this epoch
-        payload["rng"]["loader"] = state["loader_rng"]
+        payload.update(optimizer=optimizer.state_dict(), rng=rng)
+        if rng_ranks is not None:                     # every rank's RNGs (dropout), rank 0's = rng
+            payload["rng_ranks"] = rng_ranks
         save_checkpoint(ckpt_path, payload)
         state.update(loss_sum=0.0, steps=0)
         state["meter"].reset()
         timing["val_s"] += time.time() - t0
 
     def step_hook(iteration, max_it, loss):
-        progress.update(iteration, loss)
+        if progress is not None:
+            progress.update(iteration, loss)
         if on_step is not None:
             on_step(iteration, max_it, loss)
         if iteration % interval == 0 or iteration == max_it:
@@ -493,27 +568,30 @@ def fit(run_dir, cfg, arch, data, init_checkpoint=None, device="auto", loader_wo
                 break
             state["loader_rng"] = train_loader.generator.get_state()   # before iter(): worker seeds
             train_loader.sampler.set_epoch(state["epoch"], start=state["position"])
-            steps = train_one_epoch(model, train_loader, optimizer, device, state, cfg, step_hook)
+            steps = train_one_epoch(train_model, train_loader, optimizer, device, state, cfg, step_hook)
             empty_epochs = 0 if steps else empty_epochs + 1
             if empty_epochs > 1:
                 raise RuntimeError("the training loader yields no batches")
     finally:
-        progress.close()
-        writer.close()
+        if rank == 0:
+            progress.close()
+            writer.close()
         train_set.close()
         val_set.close()
     train_s = max(time.time() - t_loop - timing["val_s"], 1e-9)
     done = state["iteration"] - start_iteration
     complete = state["iteration"] >= max_iteration
-    if log_path.exists():
+    if rank == 0 and log_path.exists():
         from .visual import plot_curves
         plot_curves(log_path, run_dir)
     result = {"best_val_loss": best_loss, "best_iteration": best_iteration, "final": last_val,
               "iterations": state["iteration"], "images_per_s": state["images"] / train_s if done else None,
               "elapsed_s": elapsed_before + time.time() - t_session, "device": str(device),
               "resumed_from": resumed_from, "complete": complete, "run_dir": str(run_dir)}
-    if complete:
+    if complete and rank == 0:
         write_text_atomic(run_dir / "summary.json", json.dumps(_plain(result), indent=2) + "\n")
         log(f"done: {state['iteration']} iterations, best val loss {best_loss} at iteration "
             f"{best_iteration}" + (f", {result['images_per_s']:.1f} images/s" if done else ""))
+    if world_size > 1:
+        ddp.barrier()                                      # rank 0 has written everything
     return result

@@ -1,0 +1,110 @@
+"""`colorize-fcn` command line (also `python -m pipeline ...`).
+
+    colorize-fcn colorize --model RUN_DIR_OR_CHECKPOINT INPUT... --out DIR
+                          [--decoder max|mean|annealed] [--temperature 0.38]
+                          [--batch-size N] [--device auto] [--gmm GMM.npz] [--mean-l X]
+
+INPUTs are files, folders (searched recursively for image files) and glob
+patterns (quote them so the shell leaves them alone, e.g. 'photos/**/*.jpg').
+Each input becomes <DIR>/<name>.png at the input's full resolution; a folder's
+files keep their relative paths.  An input that cannot be read is reported on
+stderr in one line and the others go on.
+
+Exit status: 0 all colorized, 1 some input failed, 2 bad arguments or the
+model could not be loaded.
+"""
+import argparse
+import sys
+
+from .decode import DECODERS, DEFAULT_DECODER, DEFAULT_TEMPERATURE
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="colorize-fcn", description="Colorize grayscale images with a trained FCN run.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    p = sub.add_parser("colorize", help="colorize image files, folders and globs",
+                       description="Colorize images with a trained run; outputs keep the input's full "
+                                   "resolution and lightness.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    p.add_argument("--model", required=True, metavar="RUN_DIR_OR_CHECKPOINT",
+                   help="a training run folder (its best.pt is used) or a checkpoint file")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the colorized PNGs")
+    p.add_argument("--decoder", choices=DECODERS, default=DEFAULT_DECODER,
+                   help=f"posteriors -> colour (default {DEFAULT_DECODER})")
+    p.add_argument("--temperature", type=_positive_float, default=DEFAULT_TEMPERATURE,
+                   help=f"annealed-mean temperature (default {DEFAULT_TEMPERATURE}, Zhang et al.)")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="images per network batch (default 8)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--threads", type=_positive_int, default=4, help="decode/write threads (default 4)")
+    p.add_argument("--gmm", metavar="NPZ", help="the run's GMM, if it cannot be found next to the run")
+    p.add_argument("--mean-l", type=float, metavar="X", help="the run's mean lightness, if not in the run")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _warn(msg):
+    sys.stderr.write(f"colorize-fcn: warning: {msg}\n")
+
+
+def cmd_colorize(args) -> int:
+    from .colorize import ModelError, collect_inputs, colorize_items, load_colour_model, print_error
+    from .progress import Progress
+    try:
+        cm = load_colour_model(args.model, args.device, gmm_path=args.gmm, mean_L=args.mean_l, warn=_warn)
+    except (ModelError, OSError, ValueError) as e:
+        sys.stderr.write(f"colorize-fcn: error: cannot load model {args.model}: {' '.join(str(e).split())}\n")
+        return 2
+    items, errors = collect_inputs(args.inputs, args.out)
+    for raw, msg in errors:
+        print_error(raw, msg)
+    if not args.quiet:
+        sys.stderr.write(f"colorize-fcn: {len(items)} image(s) -> {args.out} ({args.decoder} decoder"
+                         f"{f', T={args.temperature}' if args.decoder == 'annealed' else ''}, "
+                         f"network size {cm.im_size}, {cm.device}; GMM: {cm.sources['gmm']})\n")
+    bar = None if args.quiet or not items else Progress(len(items), "colorize")
+
+    def done(src, dst):
+        if bar:
+            bar.update(1)
+
+    def failed(src, msg):
+        print_error(src, msg)
+        done(src, None)
+
+    result = colorize_items(cm, items, args.decoder, args.temperature, args.batch_size, args.threads,
+                            on_done=done, on_error=failed)
+    n_failed = len(result["failed"]) + len(errors)
+    if not args.quiet:
+        sys.stderr.write(f"colorize-fcn: {result['ok']} colorized, {n_failed} failed\n")
+    return 1 if n_failed else 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "colorize":
+        return cmd_colorize(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
