@@ -53,6 +53,35 @@ def _remove_stale_temporaries(task):
             remove_stale_temporaries(Path(target.path).parent)
 
 
+# With a central scheduler another `luigi` process may build tasks this one scheduled.
+# Luigi's run summary, and the exit code the `luigi` command makes from it, only know what
+# this process saw: such tasks count as "run by another worker" (retcode already_running)
+# or "not run" (retcode not_run) even when they, and the root task, are complete at the
+# end (spotify/luigi#1660).  Count the ones complete by then as already done, so that the
+# exit code is 0 when nothing failed and all the work is done, whoever did it.
+_WAITED_ON = ("still_pending_not_ext", "run_by_other_worker", "upstream_run_by_other_worker", "not_run")
+_luigi_summary_dict = luigi.execution_summary._summary_dict
+
+
+def _is_complete(task) -> bool:
+    try:
+        return bool(task.complete())
+    except Exception:   # noqa: BLE001 - a task whose complete() fails stays where luigi put it
+        return False
+
+
+def _summary_dict(worker):
+    sets = _luigi_summary_dict(worker)
+    finished = {t for t in set().union(*(sets[k] for k in _WAITED_ON)) if _is_complete(t)}
+    for key in _WAITED_ON:
+        sets[key] -= finished
+    sets["already_done"] |= finished
+    return sets
+
+
+luigi.execution_summary._summary_dict = _summary_dict
+
+
 class _ProgressMixin:
     def _progress_callback(self, desc):
         bar = Progress(None, desc)     # started now, so the first rate is right
@@ -288,14 +317,16 @@ def label_params(cfg: dict, dataset: str, split: str) -> dict:
 
 
 class LabelsFor(luigi.WrapperTask):
-    """Builds the Lab shards, GMM and label shards of a config's train and val splits; writes nothing itself."""
+    """Builds everything a config's training reads except the coarser run: Lab and label
+    shards of the train and val splits, GMM, mean lightness (and the class prior when
+    rebalancing); writes nothing itself."""
     config = luigi.IntParameter()
     overrides = luigi.DictParameter(default={})
     dataset = luigi.Parameter(default="")
 
     def requires(self):
-        cfg = resolve_config(self.config, self.overrides)
-        return [LabelSplit(**label_params(cfg, self.dataset, cfg[s])) for s in ("train_split", "val_split")]
+        reqs = TrainFCN32s(config=self.config, overrides=self.overrides, dataset=self.dataset).requires()
+        return [t for k, t in sorted(reqs.items()) if k != "init"]
 
 
 # Config keys that are not part of a training run's identity: the config number
@@ -352,8 +383,9 @@ class TrainFCN(luigi.Task):
     def output(self):
         return luigi.LocalTarget(self.run_dir() / "done.json")
 
-    def run(self):
-        from train.loop import fit   # torch is imported only by the worker that trains
+    def training_inputs(self):
+        """(data dict for train.loop.fit, init checkpoint path or None), from finished inputs.
+        Also used by train.distributed, so torchrun trains on exactly what this task would."""
         reqs = self.requires()
         data = {"train": reqs["train"].pairs(), "val": reqs["val"].pairs(),
                 "mean_L": json.loads(Path(reqs["mean"].output().path).read_text())["mean_L"],
@@ -363,6 +395,11 @@ class TrainFCN(luigi.Task):
             prior = json.loads(Path(reqs["prior"].output().path).read_text())["prior"]
             data["class_weights"] = rebalance_weights(prior, self.cfg["rebalance"]).tolist()
         init = str(reqs["init"].run_dir() / "best.pt") if "init" in reqs else None
+        return data, init
+
+    def run(self):
+        from train.loop import fit   # torch is imported only by the worker that trains
+        data, init = self.training_inputs()
 
         def on_step(iteration, total, loss):
             if iteration == total or iteration % max(1, total // 100) == 0:

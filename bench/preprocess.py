@@ -10,7 +10,11 @@ images are cut into chunks (one shard each); every round times ours and plain on
 each chunk back to back, alternating which goes first, so machine noise hits both.
 value = median over rounds of (ours images/s) / (plain images/s); goal >= 0.7.
 
-    .venv/bin/python bench/preprocess.py [--n 200] [--rounds 5] [--chunk 100]
+--what-if also times, in the same rounds, ours with the Lab shards written uncompressed
+(pipeline.preprocess.write_shard monkeypatched in this process only) -- the main change
+proposed in bench/README.md.
+
+    .venv/bin/python bench/preprocess.py [--n 200] [--rounds 5] [--chunk 100] [--what-if]
 """
 import argparse
 import json
@@ -44,11 +48,22 @@ def plain(root, relpaths, size):
 
 # NB: sig must be non-empty: pipeline.shards.read_attrs json-decodes an empty string
 # attribute ("" in "[{" is True), so the default sig="" makes read_attrs fail.
-def ours(root, relpaths, size, gmm, lowpass, out_dir, tag):
+def ours(root, relpaths, size, gmm, lowpass, out_dir, tag, uncompressed_lab=False):
     lab = out_dir / f"lab-{tag}.h5"
     lbl = out_dir / f"labels-{tag}.h5"
     t0 = time.perf_counter()
-    build_lab_shard(root, relpaths, size, lab, sig=f"bench{tag}")
+    if uncompressed_lab:
+        # WHAT-IF (monkeypatch, bench only): Lab shards written without lzf/shuffle
+        # (fletcher32 kept), the change proposed for pipeline/preprocess.build_lab_shard
+        import pipeline.preprocess as pp
+        orig = pp.write_shard
+        pp.write_shard = lambda path, arrays, attrs: orig(path, arrays, attrs, compression=None)
+        try:
+            build_lab_shard(root, relpaths, size, lab, sig=f"bench{tag}")
+        finally:
+            pp.write_shard = orig
+    else:
+        build_lab_shard(root, relpaths, size, lab, sig=f"bench{tag}")
     t1 = time.perf_counter()
     build_label_shard(lab, gmm, lowpass, lbl, sig=f"bench{tag}")
     t2 = time.perf_counter()
@@ -102,6 +117,8 @@ def main():
     ap.add_argument("--im-size", type=int, default=256)
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--lowpass", type=int, default=8)
+    ap.add_argument("--what-if", action="store_true",
+                    help="also time ours with uncompressed Lab shards (monkeypatched write_shard)")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-preprocess-"))
@@ -134,10 +151,14 @@ def main():
 
         rounds = []
         for r in range(args.rounds):
-            t_ours = t_lab = t_lbl = t_plain = 0.0
+            t_ours = t_lab = t_lbl = t_plain = t_wi = 0.0
             for c, files in enumerate(chunks):
-                for side in (("ours", "plain") if (r + c) % 2 == 0 else ("plain", "ours")):
-                    if side == "ours":
+                sides = ("ours", "plain") + (("what_if",) if args.what_if else ())
+                for side in (sides if (r + c) % 2 == 0 else sides[::-1]):
+                    if side == "what_if":
+                        a, b = ours(data, files, args.im_size, gmm, args.lowpass, out, f"w{c}", True)
+                        t_wi += a + b
+                    elif side == "ours":
                         a, b = ours(data, files, args.im_size, gmm, args.lowpass, out, f"{c}")
                         t_lab += a
                         t_lbl += b
@@ -149,6 +170,8 @@ def main():
             n = len(relpaths)
             rounds.append({"ours": n / t_ours, "plain": n / t_plain, "ratio": t_plain / t_ours,
                            "lab": n / t_lab, "labels": n / t_lbl})
+            if args.what_if:
+                rounds[-1]["what_if_ratio"] = t_plain / t_wi
             print(f"round {r}: ours {n / t_ours:.1f} img/s (lab {n / t_lab:.1f}, labels "
                   f"{n / t_lbl:.1f}), plain {n / t_plain:.1f} img/s, ratio {t_plain / t_ours:.3f}",
                   file=sys.stderr)
@@ -166,6 +189,9 @@ def main():
                   "gmm_fit_s_untimed": round(fit_s, 2), "generate_s": round(gen_s, 2),
                   "lab_shard_bytes_per_image": round(lab_bytes / len(chunks[0])),
                   "breakdown_ms_per_image": breakdown}
+        if args.what_if:
+            result["what_if_uncompressed_lab_ratio"] = round(med["what_if_ratio"], 3)
+            result["what_if_lab_bytes_per_image"] = round(os.path.getsize(out / "lab-w0.h5") / len(chunks[0]))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(result))

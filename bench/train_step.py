@@ -10,12 +10,21 @@ built from generated ImageNet-like JPEGs (im_size 64, low-pass 8 -> 8x8 targets)
         step -- same batches (read once from the same dataset, same order), same loss,
         same model init (a deep copy), same Adam settings.
 
-Neither side validates or checkpoints.  Rounds alternate the order; each round times one
-epoch (= --steps steps) of each.  value = (median ours step / median bare step - 1) * 100;
-goal <= 5 %.  fit()'s own images/s (validation time excluded by fit) is reported as an
+Neither side validates or checkpoints.  Interleaved step by step: train_one_epoch's on_step
+callback runs one bare step on the same batch after each of ours (so ours keeps its loader
+iterator, as in fit), and times both.  value = (median ours step / median bare step - 1)
+* 100; goal <= 5 %.  Also: the median of per-step paired ratios, the same on process CPU
+time, and the per-step
+cost of ours' extra work measured alone (loader batch, argmax labels + confusion
+matrix, loss.item) as a fraction of the bare step.  fit()'s own images/s (validation time excluded by fit) is reported as an
 extra with --fit.
 
-    .venv/bin/python bench/train_step.py [--rounds 15] [--steps 16] [--fit]
+torch threads: default 1.  On this shared 2-core machine torch's default (2 intra-op
+threads) makes every op an OpenMP parallel region that waits for a descheduled thread:
+steps got ~7x slower (1.8 s vs 0.24 s) and the A/B noise (+-15 %) swamped a 5 % goal.
+Use --threads 0 on a quiet machine to measure with torch's default.
+
+    .venv/bin/python bench/train_step.py [--pairs 100] [--threads 1] [--fit]
 """
 import argparse
 import copy
@@ -59,19 +68,50 @@ def build_shards(tmp, n, im_size, k, lowpass, per_shard=32):
     return pairs, mean_lightness(labs, 10_000), gmm
 
 
+def components(loader, state, args, batches, reps=20):
+    """Ours' per-step extras measured alone (ms): a batch from the loader, the confusion
+    matrix update (argmax of target and scores + bincount)."""
+    it_times = []
+    for _ in range(max(1, reps // args.steps)):
+        loader.sampler.set_epoch(0)
+        t0 = time.perf_counter()
+        k = 0
+        for _x, _t in loader:
+            k += 1
+        it_times.append((time.perf_counter() - t0) / k)
+    x, target = batches[0]
+    scores = torch.randn(x.shape[0], args.k, x.shape[2], x.shape[3])
+    meter = state["meter"]
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        labels = torch.nn.functional.interpolate(target, size=x.shape[-2:], mode="bilinear",
+                                                 align_corners=False).argmax(1)
+        meter.update(scores, labels)
+        ts.append(time.perf_counter() - t0)
+    meter_s = statistics.median(ts)
+    return {"loader_ms_per_batch": round(statistics.median(it_times) * 1e3, 3),
+            "labels_meter_ms_per_step": round(meter_s * 1e3, 3)}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--steps", type=int, default=16, help="steps per round (one epoch; n = steps*batch)")
+    ap.add_argument("--pairs", type=int, default=100, help="timed (ours, bare) step pairs")
+    ap.add_argument("--warmup", type=int, default=4, help="untimed pairs first")
+    ap.add_argument("--steps", type=int, default=4, help="steps per epoch (images = steps * batch)")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--im-size", type=int, default=64)
     ap.add_argument("--width", type=float, default=1 / 8)
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--lowpass", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1; 0 = torch's default, see the docstring)")
     ap.add_argument("--fit", action="store_true", help="also run fit() for an images/s figure")
     args = ap.parse_args()
     t_start = time.perf_counter()
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     cfg = {"max_iteration": 10 ** 9, "optim": "adam", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.8}
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-step-"))
@@ -86,42 +126,62 @@ def main():
         model_bare = copy.deepcopy(model_ours)
         opt_ours, opt_bare = make_optimizer(model_ours, cfg), make_optimizer(model_bare, cfg)
         state = new_train_state(args.k, device)
-        # the same batches, read once through the same loader (epoch 0 order and flips)
-        loader.sampler.set_epoch(0)
-        batches = [(x.clone(), t.clone()) for x, t in loader]
+        total = args.warmup + args.pairs
+        n_epochs = -(-total // args.steps)
+        # the very batches ours will see, epoch by epoch (same order and flips), preloaded
+        batches = []
+        for e in range(n_epochs):
+            loader.sampler.set_epoch(e)
+            batches += [(x.clone(), t.clone()) for x, t in loader]
         model_bare.train()
+        times = {"ours": [], "bare": [], "ours_cpu": [], "bare_cpu": []}
+        mark = {}
 
-        def ours():
+        def bare_step(i):
+            x, target = batches[i]
+            loss = kl_loss(model_bare(x), target)
+            opt_bare.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_bare.step()
+            return loss.item()
+
+        def on_step(iteration, max_iteration, loss):
+            # ours' step `iteration` just ended: from the end of the previous bare step to here
+            # (next batch from the loader, forward, loss, backward, step, item, meter).
+            t, c = time.perf_counter(), time.process_time()
+            times["ours"].append(t - mark["t"])
+            times["ours_cpu"].append(c - mark["c"])
+            bare_step(iteration - 1)                           # the same batch, bare
+            mark["t"], mark["c"] = time.perf_counter(), time.process_time()
+            times["bare"].append(mark["t"] - t)
+            times["bare_cpu"].append(mark["c"] - c)
+            if iteration >= total:
+                state["stop"] = True
+
+        mark["t"], mark["c"] = time.perf_counter(), time.process_time()
+        while not state["stop"]:
             loader.sampler.set_epoch(state["epoch"], start=state["position"])
-            t0 = time.perf_counter()
-            steps = train_one_epoch(model_ours, loader, opt_ours, device, state, cfg)
-            return (time.perf_counter() - t0) / steps
-
-        def bare():
-            t0 = time.perf_counter()
-            for x, target in batches:
-                loss = kl_loss(model_bare(x), target)
-                opt_bare.zero_grad(set_to_none=True)
-                loss.backward()
-                opt_bare.step()
-            loss.item()
-            return (time.perf_counter() - t0) / len(batches)
-
-        ours(), bare()                                     # warm-up round, not counted
-        times = {"ours": [], "bare": []}
-        for r in range(args.rounds):
-            for name, fn in ((("ours", ours), ("bare", bare)) if r % 2 == 0 else (("bare", bare), ("ours", ours))):
-                times[name].append(fn())
-        m_ours, m_bare = statistics.median(times["ours"]), statistics.median(times["bare"])
-        # paired per-round overheads (robust to drifting machine load)
+            train_one_epoch(model_ours, loader, opt_ours, device, state, cfg, on_step)
+            mark["t"], mark["c"] = time.perf_counter(), time.process_time()   # epoch switch: not a step
+        for k in times:
+            times[k] = times[k][args.warmup:]
+        med = {k: statistics.median(v) for k, v in times.items()}
         paired = [o / b - 1 for o, b in zip(times["ours"], times["bare"])]
-        result = {"bench": "train_step", "value": round((m_ours / m_bare - 1) * 100, 2), "unit": "% overhead",
+        paired_cpu = [o / b - 1 for o, b in zip(times["ours_cpu"], times["bare_cpu"])]
+        result = {"bench": "train_step", "value": round((med["ours"] / med["bare"] - 1) * 100, 2),
+                  "unit": "% overhead (median ours step / median bare step - 1)",
                   "goal": 5, "goal_op": "<=",
-                  "ours_ms_per_step": round(m_ours * 1e3, 2), "bare_ms_per_step": round(m_bare * 1e3, 2),
-                  "paired_median_overhead_pct": round(statistics.median(paired) * 100, 2),
-                  "rounds": args.rounds, "steps_per_round": len(batches), "batch": args.batch,
+                  "ours_ms_per_step": round(med["ours"] * 1e3, 2), "bare_ms_per_step": round(med["bare"] * 1e3, 2),
+                  "paired_median_pct": round(statistics.median(paired) * 100, 2),
+                  "cpu_paired_median_pct": round(statistics.median(paired_cpu) * 100, 2),
+                  "ours_cpu_ms_per_step": round(med["ours_cpu"] * 1e3, 2),
+                  "bare_cpu_ms_per_step": round(med["bare_cpu"] * 1e3, 2),
+                  "pairs": len(paired), "warmup": args.warmup, "batch": args.batch,
                   "im_size": args.im_size, "width": args.width, "k": args.k,
                   "torch_threads": torch.get_num_threads()}
+        result.update(components(loader, state, args, batches))
+        extra = result["loader_ms_per_batch"] + result["labels_meter_ms_per_step"]
+        result["components_overhead_pct"] = round(extra / result["bare_ms_per_step"] * 100, 2)
         if args.fit:
             from train.loop import fit
             fcfg = {**__import__("pipeline.config", fromlist=["DEFAULTS"]).DEFAULTS, **cfg,

@@ -38,7 +38,7 @@ def atomic_path(path):
         os.replace(tmp, path)
     except OSError as e:
         reason = os.strerror(e.errno) if e.errno else (e.strerror or str(e))
-        raise OSError(e.errno, f"cannot write {path}: {reason}") from e
+        raise OSError(e.errno, f"cannot write {path}: {reason}") from None
     finally:
         try:
             if tmp.is_dir():

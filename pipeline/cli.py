@@ -43,8 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="colorize-fcn", description="Colorize grayscale images with a trained FCN run.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     p = sub.add_parser("colorize", help="colorize image files, folders and globs",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Colorize images with a trained run; outputs keep the input's full "
-                                   "resolution and lightness.")
+                                   "resolution and lightness.",
+                       epilog="examples:\n"
+                              "  colorize-fcn colorize --model work/runs/fcn16s-c14-<sig> old_photos/ --out colour/\n"
+                              "  colorize-fcn colorize --model best.pt 'scans/**/*.tif' --out colour/ --decoder mean\n"
+                              "exit status: 0 all colorized, 1 some input failed (one 'error:' line each on\n"
+                              "stderr), 2 bad arguments or the model could not be loaded")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     p.add_argument("--model", required=True, metavar="RUN_DIR_OR_CHECKPOINT",
                    help="a training run folder (its best.pt is used) or a checkpoint file")

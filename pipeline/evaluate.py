@@ -354,8 +354,8 @@ def write_report(out_dir, metrics, info, model, dataset, mean_L, gmm, device, ru
             figures[key] = f"{key}.png"
     key = f"model/{rank_by}"
     order = sorted(range(len(metrics["per_image"])), key=lambda i: metrics["per_image"][i]["auc"][key])
-    k = min(n_gallery, len(order))
-    picks = {"best": order[::-1][:k], "worst": order[:k]}
+    n = len(order)                                   # disjoint picks when there are few images
+    picks = {"best": order[::-1][:min(n_gallery, (n + 1) // 2)], "worst": order[:min(n_gallery, n // 2)]}
     gallery = {"rank_by": rank_by}
     for which, idx in picks.items():
         rows = gallery_rows(model, dataset, idx, mean_L, gmm, device, metrics["temperature"]) if idx else []

@@ -89,10 +89,11 @@ def luigid(tmp_path):
 
 def _scheduler_env(tmp_path):
     """luigi.cfg says local_scheduler = true and luigi has no flag to turn it off:
-    an overlay config read last (LUIGI_CONFIG_PATH) does."""
+    an overlay config read last (LUIGI_CONFIG_PATH) does.  One torch thread per process:
+    on a shared, busy CPU, torch's default threads spin against each other (~20x slower)."""
     overlay = tmp_path / "central.cfg"
     overlay.write_text("[core]\nlocal_scheduler = false\n")
-    return {**os.environ, "LUIGI_CONFIG_PATH": str(overlay)}
+    return {**os.environ, "LUIGI_CONFIG_PATH": str(overlay), "OMP_NUM_THREADS": "1"}
 
 
 def _api(port, method, **data):

@@ -213,9 +213,9 @@ def train_one_epoch(model, loader, optimizer, device, state, cfg, on_step=None) 
     early at cfg['max_iteration'] steps or when state['stop'] is set.
 
     Per step: state['iteration'] += 1, state['position'] += batch size (the global batch with
-    state['world_size'] > 1), the step's loss (the mean over ranks) and
-    confusion matrix (this rank's; fit all-reduces it) are accumulated into state, then on_step(iteration, max_iteration, loss)
-    is called (fit validates and checkpoints from there).  When the epoch is exhausted,
+    state['world_size'] > 1), the step's loss (the mean over ranks) and confusion matrix (this
+    rank's; fit all-reduces it) are accumulated into state, then on_step(iteration,
+    max_iteration, loss) is called (fit validates and checkpoints from there).  When the epoch is exhausted,
     state['epoch'] += 1 and state['position'] = 0.  Returns the number of steps taken.
     """
     max_iteration = int(cfg["max_iteration"])
@@ -389,19 +389,18 @@ def fit(run_dir, cfg, arch, data, init_checkpoint=None, device="auto", loader_wo
     iterations, images_per_s, elapsed_s, device, resumed_from, complete, run_dir}.
 
     distributed: this process is one rank of the default torch.distributed process group
-    (every rank calls fit with the same arguments, `device` its own); see the module
-    docstring.  Only rank 0 logs and writes; on_step runs on every rank (with the mean loss
-    over ranks).  sync_bn: convert BatchNorm to SyncBatchNorm (distributed only).
+    (every rank calls fit with the same arguments, `device` its own; without a process group
+    it is one process); see the module docstring.  Only rank 0 logs and writes; on_step runs
+    on every rank (with the mean loss over ranks).  sync_bn: convert BatchNorm to
+    SyncBatchNorm (distributed only).
     """
     from models.fcn import build_model, init_from_fcn, load_vgg16_bn_weights, model_settings
 
     t_session = time.time()
-    rank, world_size = 0, 1
-    if distributed:
-        from . import distributed as ddp
-        rank, world_size = ddp.rank_and_world()
-        if rank != 0:
-            log = _quiet
+    from . import distributed as ddp
+    rank, world_size = ddp.rank_and_world() if distributed else (0, 1)
+    if rank != 0:
+        log = _quiet
     run_dir = Path(run_dir)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -452,7 +451,7 @@ def fit(run_dir, cfg, arch, data, init_checkpoint=None, device="auto", loader_wo
             copied = init_from_fcn(model, coarse)
             log(f"initialised from {init_checkpoint} ({coarse.arch}): {len(copied)} tensors copied")
     if world_size > 1 and sync_bn:
-        model = ddp.convert_sync_batchnorm(model)
+        model = ddp.convert_sync_batchnorm(model, device)
     model.to(device)
     if cuda:
         model.to(memory_format=torch.channels_last)
@@ -492,6 +491,9 @@ def fit(run_dir, cfg, arch, data, init_checkpoint=None, device="auto", loader_wo
             "git": git_info(), "device": str(device), "torch": torch.__version__,
             "world_size": world_size, "resumed_from": resumed_from}), indent=2) + "\n")
 
+    if rank == 0 and data.get("gmm"):
+        from pipeline.gmm import save_gmm
+        save_gmm(run_dir / "gmm.npz", data["gmm"])          # the clusters the scores refer to
     writer = progress = None
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
@@ -538,7 +540,10 @@ def fit(run_dir, cfg, arch, data, init_checkpoint=None, device="auto", loader_wo
                    "cfg": _plain(cfg), "iteration": it, "epoch": state["epoch"],
                    "position": state["position"], "best_loss": best_loss,
                    "best_iteration": best_iteration, "last_val": last_val, "elapsed_s": elapsed,
-                   "val": dict(val)}
+                   "val": dict(val),
+                   # colorizing needs these too: a copied best.pt is self-contained
+                   "mean_L": float(data["mean_L"]),
+                   "gmm": {k: torch.as_tensor(v) for k, v in gmm.items()} if gmm else None}
         if best:                                      # best.pt first: see module docstring
             save_checkpoint(best_path, payload)
         payload.update(optimizer=optimizer.state_dict(), rng=rng)
