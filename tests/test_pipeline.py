@@ -14,6 +14,7 @@ from conftest import build, write_photo
 from pipeline import signature as sigmod
 from pipeline.gmm import load_gmm, posteriors
 from pipeline.color import ab_to_hue_chroma
+from pipeline.config import resolve_config
 from pipeline.labels import lowpass_ab
 from pipeline.shards import read_array, read_attrs
 
@@ -23,6 +24,11 @@ CFG = 102   # tiny test config: 32 px images, K=4, low-pass 8, shard_size 4
 
 def labels(dataset, **overrides):
     return tasks.LabelsFor(config=CFG, overrides=overrides, dataset=str(dataset))
+
+
+def train_labels(dataset):
+    """The LabelSplit task of the train split under the test config."""
+    return tasks.LabelSplit(**tasks.label_params(resolve_config(CFG), str(dataset), "train"))
 
 
 def test_full_preprocessing_then_identical_rerun_runs_nothing(work, photo_dataset, ran):
@@ -39,7 +45,7 @@ def test_full_preprocessing_then_identical_rerun_runs_nothing(work, photo_datase
 def test_label_shards_agree_with_sklearn_and_align_with_lab_shards(work, photo_dataset):
     from sklearn.mixture import GaussianMixture
     build(labels(photo_dataset))
-    split = labels(photo_dataset).requires()[0]
+    split = train_labels(photo_dataset)
     gmm = load_gmm(split.requires()["labels"][0].requires()["gmm"].output().path)
     gm = GaussianMixture(len(gmm["weights"]), covariance_type="full")
     gm.weights_, gm.means_, gm.covariances_ = gmm["weights"], gmm["means"], gmm["covariances"]
@@ -112,7 +118,7 @@ def test_adding_a_train_image_reconverts_only_its_shard_then_refits(work, photo_
 
 def test_deleting_one_label_shard_recomputes_only_that_shard(work, photo_dataset, ran):
     build(labels(photo_dataset))
-    split = labels(photo_dataset).requires()[0]
+    split = train_labels(photo_dataset)
     victim = Path(split.pairs()[1][1])
     victim.unlink()
     ran.clear()
