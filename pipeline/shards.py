@@ -61,7 +61,7 @@ def read_attrs(path) -> dict:
         with h5py.File(path, "r") as f:
             out = {}
             for key, value in f.attrs.items():
-                if isinstance(value, str) and value[:1] in "[{":
+                if isinstance(value, str) and value[:1] in ("[", "{"):
                     value = json.loads(value)
                 elif isinstance(value, np.generic):
                     value = value.item()

@@ -1,5 +1,6 @@
 """Shared fixtures: a temporary work dir wired into luigi.cfg's [colorize]
 section, a small photo dataset, and a recorder of which tasks actually ran."""
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tasks.py when run without install
 sys.path.insert(0, str(Path(__file__).resolve().parent))        # tests/badfiles.py
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # see pipeline/__init__.py; before torch loads
 
 RAN = []     # tasks that ran (completed) in this test's builds
 
