@@ -29,6 +29,7 @@ from pipeline.shards import write_shard
 from train.checkpoint import load_checkpoint
 from train.data import EpochSampler
 from train.loop import fit
+from test_train import _photos   # the same bundled photos at 32 px
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = lambda *a, **k: None  # noqa: E731
@@ -39,17 +40,6 @@ CFG = dict(batch_size=4, max_iteration=3, interval_validate=2, flip=True, lr=1e-
 
 
 # ----------------------------------------------------------------------------- data
-def _photos(names, size=SIZE):
-    import skimage.data
-    from PIL import Image
-    out = []
-    for name in names:
-        im = getattr(skimage.data, name)()[..., :3]
-        h, w = im.shape[:2]
-        s = min(h, w)
-        im = im[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
-        out.append(np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC)))
-    return np.stack(out)
 
 
 
@@ -57,7 +47,7 @@ def _photos(names, size=SIZE):
 def build_data(folder):
     """12 train images (3 shards, 4 photos seen twice), 5 val images (2 shards), 8x low-pass
     targets (4x4)."""
-    lab = rgb_to_lab(_photos(PHOTOS))                                   # (8, S, S, 3)
+    lab = rgb_to_lab(_photos(PHOTOS, SIZE))                                   # (8, S, S, 3)
     ab = np.moveaxis(lab[..., 1:], -1, 1)
     gmm = fit_gmm(ab_to_hue_chroma(lab[..., 1], lab[..., 2]).reshape(-1, 2), K, seed=0)
     post = np.stack([target_posteriors(a, gmm, 8) for a in ab])
