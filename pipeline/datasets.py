@@ -72,7 +72,8 @@ __all__ = [
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
 )
-PLAIN_SPLITS = ("train", "val")
+PLAIN_SPLITS = ("train", "val", "small")
+PLAIN_SMALL_SIZE = 100   # images in a plain folder's 'small' split (a subset of val)
 PLAIN_VAL_FRACTION = 0.1
 
 LIST_PREFIX = "files_"
@@ -218,9 +219,14 @@ def plain_folder_splits(root: str | os.PathLike) -> dict[str, list[str]]:
             val.discard(max(files, key=scores.__getitem__))
     elif len(files) == 1:
         val = set()
+    val_list = [f for f in files if f in val]
+    # 'small': the original's quick validation subset (configs 14/15 validate on it);
+    # the val images with the lowest path hashes, so it is stable as files are added.
+    small = set(sorted(val_list, key=scores.__getitem__)[:PLAIN_SMALL_SIZE])
     return {
         "train": [f for f in files if f not in val],
-        "val": [f for f in files if f in val],
+        "val": val_list,
+        "small": [f for f in val_list if f in small],
     }
 
 
@@ -240,7 +246,7 @@ def available_splits(root: str | os.PathLike) -> list[str]:
     lists = _split_lists(root)
     if lists:
         return sorted(lists)
-    return list(PLAIN_SPLITS) if _has_any_image(root) else []
+    return sorted(PLAIN_SPLITS) if _has_any_image(root) else []
 
 
 def list_split(root: str | os.PathLike, split: str) -> list[str]:

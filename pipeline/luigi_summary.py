@@ -8,6 +8,9 @@ end (spotify/luigi#1660).  Count the ones complete by then as already done, so t
 exit code is 0 when nothing failed and all the work is done, whoever did it.  This wraps
 a private Luigi function (execution_summary._summary_dict): recheck on Luigi upgrades.
 """
+import atexit
+import sys
+
 import luigi
 import luigi.execution_summary
 
@@ -32,3 +35,34 @@ def _summary_dict(worker):
 
 
 luigi.execution_summary._summary_dict = _summary_dict
+
+
+# Errors found while scheduling (unknown config or key, missing dataset, bad split) reach
+# the user as a traceback followed by Luigi's summary.  Repeat each as one line at exit,
+# so the last thing on the screen says what is wrong.
+_SCHEDULING_ERRORS = []
+
+
+@luigi.Task.event_handler(luigi.Event.BROKEN_TASK)
+def _remember_scheduling_error(task, exception):
+    line = f"colorize-fcn: error: {task.get_task_family()}: {type(exception).__name__}: {exception}"
+    line = line.splitlines()[0]
+    if line not in _SCHEDULING_ERRORS:
+        _SCHEDULING_ERRORS.append(line)
+
+
+@luigi.Task.event_handler(luigi.Event.DEPENDENCY_MISSING)
+def _remember_complete_error(task):
+    """Luigi passes no exception when complete() raised; ask again to get its message."""
+    try:
+        task.complete()
+    except Exception as exception:  # noqa: BLE001 - reported, as Luigi already failed the task
+        _remember_scheduling_error(task, exception)
+
+
+def _print_scheduling_errors():
+    for line in _SCHEDULING_ERRORS:
+        print(line, file=sys.stderr)
+
+
+atexit.register(_print_scheduling_errors)

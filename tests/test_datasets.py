@@ -144,7 +144,7 @@ def test_plain_folder_split_is_a_deterministic_partition(tmp_path):
     assert sorted(train + val) == names
     assert not set(train) & set(val)
     assert 5 <= len(val) <= 40  # ~10 %
-    assert available_splits(tmp_path) == ["train", "val"]
+    assert available_splits(tmp_path) == ["small", "train", "val"]
     assert (train, val) == (list_split(tmp_path, "train"), list_split(tmp_path, "val"))
 
 
@@ -170,8 +170,8 @@ def test_plain_folder_small_cases(tmp_path):
 
 def test_plain_folder_unknown_split_and_empty_folder(tmp_path):
     _touch(tmp_path, "a/x.jpg")
-    with pytest.raises(ValueError, match="train, val"):
-        list_split(tmp_path, "small")
+    with pytest.raises(ValueError, match="train, val, small"):
+        list_split(tmp_path, "tiny")
     empty = tmp_path / "empty"
     empty.mkdir()
     assert available_splits(empty) == []
@@ -367,3 +367,12 @@ def test_odd_files_in_a_plain_folder_are_listed_and_reported(tmp_path):
         except SkipImage as e:
             got = e.reason
         assert got == expected[rel], rel
+
+
+def test_plain_folder_small_split_is_a_stable_subset_of_val(tmp_path):
+    from pipeline import datasets
+    for i in range(30):
+        (tmp_path / f"img{i:02d}.png").write_bytes(b"x")
+    small, val = list_split(tmp_path, "small"), list_split(tmp_path, "val")
+    assert small and set(small) <= set(val)
+    assert len(small) == min(len(val), datasets.PLAIN_SMALL_SIZE)

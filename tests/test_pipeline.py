@@ -160,6 +160,8 @@ def test_two_workers_from_the_command_line_build_the_same_outputs(work, photo_da
     proc = subprocess.run(cmd[:-2] + ["--colorize-work-dir", str(work) + "-bad"] + ["--config", "999"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "colorize-fcn: error: LabelsFor: ConfigError: unknown config 999; valid configs: [7, 14, 15, 101, 102]")
 
 
 def tasks_ran(ran):
