@@ -27,18 +27,10 @@ import numpy as np  # noqa: E402
 
 from pipeline.color import ab_to_hue_chroma  # noqa: E402
 from pipeline.datasets import generate_imagenet_like, list_split  # noqa: E402
-from pipeline.gmm import fit_gmm, posteriors  # noqa: E402
+from pipeline.gmm import fit_gmm, posteriors, to_sklearn  # noqa: E402
 from pipeline.labels import lowpass_ab  # noqa: E402
 from pipeline.preprocess import build_label_shard, build_lab_shard, gmm_features  # noqa: E402
 from pipeline.shards import read_array, read_attrs  # noqa: E402
-
-
-def sklearn_reference(gmm):
-    from sklearn.mixture import GaussianMixture
-    gm = GaussianMixture(len(gmm["weights"]), covariance_type="full")
-    gm.weights_, gm.means_, gm.covariances_ = gmm["weights"], gmm["means"], gmm["covariances"]
-    gm.precisions_cholesky_ = np.linalg.inv(np.linalg.cholesky(gmm["covariances"])).transpose(0, 2, 1)
-    return gm
 
 
 def main():
@@ -62,7 +54,7 @@ def main():
 
         stored = read_array(lbl, "posteriors").astype(np.float64)       # (N, K, s, s)
         ab = read_array(lab, "ab").astype(np.float32)
-        gm = sklearn_reference(gmm)
+        gm = to_sklearn(gmm)
         err_ref = err_enc = 0.0
         sum_err = 0.0
         for i in range(n):

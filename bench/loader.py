@@ -40,17 +40,9 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pipeline.datasets import generate_imagenet_like, list_split  # noqa: E402
-from pipeline.gmm import fit_gmm  # noqa: E402
+from pipeline.gmm import fit_gmm, to_sklearn  # noqa: E402
 from pipeline.preprocess import build_label_shard, build_lab_shard, gmm_features, mean_lightness  # noqa: E402
 from train.data import ShardDataset  # noqa: E402
-
-
-def sklearn_gmm(gmm):
-    from sklearn.mixture import GaussianMixture
-    gm = GaussianMixture(len(gmm["weights"]), covariance_type="full")
-    gm.weights_, gm.means_, gm.covariances_ = gmm["weights"], gmm["means"], gmm["covariances"]
-    gm.precisions_cholesky_ = np.linalg.inv(np.linalg.cholesky(gmm["covariances"])).transpose(0, 2, 1)
-    return gm
 
 
 def original_sample(path, gm, im_size, lowpass, mean_L):
@@ -149,7 +141,7 @@ def main():
         ds = ShardDataset(pairs, mean_L, flip=True)
         files = [data / rp for rp in relpaths]            # all kept: generated photos are colour
         assert len(ds) == len(files)
-        gm = sklearn_gmm(gmm)
+        gm = to_sklearn(gmm)
         rng = np.random.default_rng(0)
 
         default_threads = torch.get_num_threads()

@@ -233,23 +233,15 @@ def _upscale(img, min_side=128):
     return img.repeat(k, 0).repeat(k, 1) if k > 1 else img
 
 
-def _hstack(images, gap=2):
-    h = max(im.shape[0] for im in images)
-    sep = np.full((h, gap, 3), 255, np.uint8)
-    parts = []
-    for im in images:
-        parts += [im, sep]
-    return np.concatenate(parts[:-1], axis=1)
-
-
 def gallery_rows(model, dataset, indices, mean_L, gmm, device, temperature) -> list:
     """One (H, W, 3) uint8 strip per index: GALLERY_COLUMNS left to right."""
+    from train.visual import hstack
     rows = []
     for i in indices:
         v = dataset.get_visual(i)
         out = colorize_batch(model, v["L"][None], v["posteriors"][None], mean_L, gmm, device, temperature)
         panels = [_rgb(v["L"], out["ab"][m][0]) for m in GALLERY_COLUMNS[:-1]] + [_rgb(v["L"], v["ab"])]
-        rows.append(_hstack([_upscale(p) for p in panels]))
+        rows.append(hstack([_upscale(p) for p in panels]))
     return rows
 
 

@@ -58,6 +58,15 @@ def _check_gmm(gmm, path):
                          f"{gmm['covariances'].shape})")
 
 
+def to_sklearn(gmm: dict):
+    """A fitted-looking sklearn GaussianMixture with these parameters (reference checks)."""
+    from sklearn.mixture import GaussianMixture
+    gm = GaussianMixture(len(gmm["weights"]), covariance_type="full")
+    gm.weights_, gm.means_, gm.covariances_ = gmm["weights"], gmm["means"], gmm["covariances"]
+    gm.precisions_cholesky_ = _precision_cholesky(gmm["covariances"])
+    return gm
+
+
 def _precision_cholesky(covariances):
     """(K, 2, 2) covariances -> (K, 2, 2) upper factors P with inv(S) = P P^T (as sklearn)."""
     chol = np.linalg.cholesky(covariances)                   # S = C C^T, C lower

@@ -74,12 +74,13 @@ def tile_image(rgb_true, target_post, L, pred_post, gmm, decoded: bool = True) -
               region_average(rgb_true, pred.argmax(0), n_classes)]
     if decoded:
         panels.append(decode_colour(L, pred, gmm))
-    return _hstack(panels)
+    return hstack(panels)
 
 
-def _hstack(images):
+def hstack(images, gap=_SEP):
+    """uint8 (H, W_i, 3) images of equal height side by side, with white gaps."""
     h = max(im.shape[0] for im in images)
-    sep = np.full((h, _SEP, 3), 255, np.uint8)
+    sep = np.full((h, gap, 3), 255, np.uint8)
     parts = []
     for im in images:
         parts += [im, sep]
