@@ -38,6 +38,9 @@ class colorize(luigi.Config):
     dataset = luigi.Parameter(default="data/samples", description="default dataset root")
     device = luigi.Parameter(default="auto", description="auto | cpu | cuda | cuda:N")
     loader_workers = luigi.IntParameter(default=2, description="DataLoader worker processes")
+    lab_compression = luigi.ChoiceParameter(
+        default="none", choices=["none", "lzf", "szip", "gzip"],
+        description="Lab shard storage: a disk-vs-CPU choice that does not change what is read back")
     gpu_resource = luigi.Parameter(default="gpu", description="[resources] name a training task takes 1 of "
                                    "(per-host names, e.g. gpu_host1, with a central scheduler)")
 
@@ -99,7 +102,8 @@ class LabShard(LabParams, _ProgressMixin):
 
     def run(self):
         build_lab_shard(self.root(), list(self.files), self.im_size, self.output().path,
-                        sig=self.shard, on_image=self._progress_callback(f"lab {self.shard}"))
+                        sig=self.shard, on_image=self._progress_callback(f"lab {self.shard}"),
+                        compression=colorize().lab_compression)
 
 
 class LabSplit(LabParams, _ManifestTask):

@@ -18,10 +18,7 @@ low-pass 8), same process.  Each round times ours over every image and the origi
 a slice of --orig-per-round images (it is ~100x slower), alternating which goes first.
 value = median(ours samples/s) / median(original samples/s); goal >= 100.
 
---what-if also times WhatIfShardDataset (the proposed ShardDataset changes, defined in this
-file) on the same shards and on uncompressed copies of the Lab shards.
-
-    .venv/bin/python bench/loader.py [--n 64] [--rounds 9] [--orig-per-round 4] [--what-if]
+    .venv/bin/python bench/loader.py [--n 64] [--rounds 9] [--orig-per-round 4]
 """
 import argparse
 import json
@@ -66,48 +63,6 @@ def original_sample(path, gm, im_size, lowpass, mean_L):
     return x, target
 
 
-class WhatIfShardDataset(ShardDataset):
-    """WHAT-IF (bench only): the changes proposed for train/data.ShardDataset -- h5py
-    Dataset objects cached per process next to the file handles, and the per-sample
-    arithmetic (L - mean_L, flips) done in numpy instead of small torch ops.  Same outputs."""
-
-    def _read(self, which, name, index):
-        shard, row = int(self._shard[index]), int(self._row[index])
-        path = self.pairs[shard][which]
-        f = self._file(path)                                    # also resets caches on a new pid
-        cache = self.__dict__.setdefault("_datasets", {})
-        if cache.get("pid") != self._pid:
-            cache.clear()
-            cache["pid"] = self._pid
-        ds = cache.get((path, name))
-        if ds is None or not ds.id.valid:
-            ds = cache[(path, name)] = f[name]
-        return ds[row]
-
-    def __getitem__(self, item):
-        index, seed = item if isinstance(item, (tuple, list)) else (item, None)
-        index = int(index)
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} images")
-        x = self._read(0, "L", index).astype(np.float32)
-        x -= np.float32(self.mean_L)
-        target = self._read(1, "posteriors", index).astype(np.float32)
-        if self.flip:
-            gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
-            if torch.rand((), generator=gen) < 0.5:
-                x, target = np.ascontiguousarray(x[:, ::-1]), np.ascontiguousarray(target[..., ::-1])
-        return torch.from_numpy(x)[None], torch.from_numpy(target)
-
-
-def uncompressed_copy(lab_path, out_path):
-    """The Lab shard rewritten with compression=None (fletcher32 kept)."""
-    from pipeline.shards import read_array, read_attrs, write_shard
-    arrays = {k: read_array(lab_path, k) for k in ("L", "ab", "sizes")}
-    for k in ("paths", "fingerprints"):
-        arrays[k] = [str(v) for v in read_array(lab_path, k)]
-    write_shard(out_path, arrays, read_attrs(lab_path), compression=None)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=64)
@@ -117,8 +72,6 @@ def main():
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--lowpass", type=int, default=8)
     ap.add_argument("--shard", type=int, default=32, help="images per shard")
-    ap.add_argument("--what-if", action="store_true",
-                    help="also time WhatIfShardDataset on lzf and on uncompressed Lab shards")
     args = ap.parse_args()
     t_start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="bench-loader-"))
@@ -170,40 +123,6 @@ def main():
 
         ds[0], original_sample(files[0], gm, args.im_size, args.lowpass, mean_L)   # warm-up
         sides = [("ours", ours(1)), ("original", original), ("ours_default_threads", ours(default_threads))]
-        if args.what_if:
-            # separate file copies: HDF5 shares an open dataset between handles of the same
-            # file in a process, so a variant keeping datasets open would speed up `ours` too
-            cp, unc = [], []
-            for lab, lbl in pairs:
-                c_lab, c_lbl = lab.replace("lab-", "labc-"), lbl.replace("labels-", "labelsc-")
-                u_lab, u_lbl = lab.replace("lab-", "labu-"), lbl.replace("labels-", "labelsu-")
-                shutil.copyfile(lab, c_lab)
-                shutil.copyfile(lbl, c_lbl)
-                shutil.copyfile(lbl, u_lbl)
-                uncompressed_copy(lab, u_lab)
-                cp.append((c_lab, c_lbl))
-                unc.append((u_lab, u_lbl))
-            variants = {"what_if_code": WhatIfShardDataset(cp, mean_L, flip=True),
-                        "what_if_code_uncompressed": WhatIfShardDataset(unc, mean_L, flip=True)}
-            for v in variants.values():                 # same samples as ours
-                for i in (0, 5, len(ds) - 1):
-                    a, b = ds[(i, 7 + i)], v[(i, 7 + i)]
-                    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-
-            def timed_variant(v, threads):
-                def go():
-                    torch.set_num_threads(threads)
-                    order = rng.permutation(len(v))
-                    t0 = time.perf_counter()
-                    for i in order:
-                        v[int(i)]
-                    rate = len(order) / (time.perf_counter() - t0)
-                    torch.set_num_threads(default_threads)
-                    return rate
-                return go
-            for name, v in variants.items():
-                sides.append((name, timed_variant(v, 1)))
-                sides.append((name + "_default_threads", timed_variant(v, default_threads)))
         rates = {name: [] for name, _ in sides}
         for r in range(args.rounds):
             for name, fn in (sides if r % 2 == 0 else sides[::-1]):
@@ -216,8 +135,6 @@ def main():
                   "original_samples_per_s": round(m_orig, 2),
                   "ours_default_threads_samples_per_s": round(m_def, 1),
                   "ratio_default_threads": round(m_def / m_orig, 1), "default_torch_threads": default_threads,
-                  **{f"{k}_samples_per_s": round(statistics.median(v), 1) for k, v in rates.items()
-                     if k.startswith("what_if")},
                   "paired_ratios": [round(o / g, 1) for o, g in zip(rates["ours"], rates["original"])],
                   "n_images": len(ds), "rounds": args.rounds, "orig_per_round": args.orig_per_round,
                   "im_size": args.im_size, "k": args.k, "lowpass": args.lowpass,

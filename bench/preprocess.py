@@ -1,20 +1,20 @@
 """Preprocessing throughput per process: our Lab + label shards vs plain PIL decode+resize.
 
-Ours   = pipeline.preprocess.build_lab_shard (robust decode, resize, Lab, HDF5 shard)
-         + build_label_shard (low-pass, GMM posteriors, HDF5 shard), K=16, im_size 256,
-         low-pass 8, with a GMM fitted once (before timing) on the same shards.
+Ours   = pipeline.preprocess.build_lab_shard (robust decode, resize, Lab as int16 fixed
+         point, HDF5 shard, Lab compression as luigi.cfg's default: none)
+         + build_label_shard (low-pass, GMM posteriors, float16 lzf HDF5 shard), K=16,
+         im_size 256, low-pass 8, with a GMM fitted once (before timing) on the same shards.
 Plain  = for each file: Image.open, convert("RGB"), resize((256, 256)), np.asarray.
 
-Both run on the same generated ImageNet-like JPEGs (~500x375) in one process.  The
-images are cut into chunks (one shard each); every round times ours and plain on
+Both run on the same generated ImageNet-like JPEGs (~500x375) in one process, one thread.
+The images are cut into chunks (one shard each); every round times ours and plain on
 each chunk back to back, alternating which goes first, so machine noise hits both.
 value = median over rounds of (ours images/s) / (plain images/s); goal >= 0.7.
 
---what-if also times, in the same rounds, ours with the Lab shards written uncompressed
-(pipeline.preprocess.write_shard monkeypatched in this process only) -- the main change
-proposed in bench/README.md.
+--what-if lzf|szip|gzip also times, in the same rounds, ours with the Lab shards written
+with that compression ([colorize] lab_compression), and reports its ratio and size.
 
-    .venv/bin/python bench/preprocess.py [--n 200] [--rounds 5] [--chunk 100] [--what-if]
+    .venv/bin/python bench/preprocess.py [--n 200] [--rounds 5] [--chunk 100] [--what-if szip]
 """
 import argparse
 import json
@@ -32,10 +32,10 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pipeline.color import rgb_to_lab  # noqa: E402
+from pipeline.color import lab_planes  # noqa: E402
 from pipeline.datasets import generate_imagenet_like, list_split  # noqa: E402
 from pipeline.images import load_rgb_with_size  # noqa: E402
-from pipeline.shards import read_array, write_shard  # noqa: E402
+from pipeline.shards import LAB_SCALE, read_array, write_shard  # noqa: E402
 from pipeline.gmm import fit_gmm  # noqa: E402
 from pipeline.preprocess import build_label_shard, build_lab_shard, gmm_features  # noqa: E402
 
@@ -46,24 +46,13 @@ def plain(root, relpaths, size):
             np.asarray(im.convert("RGB").resize((size, size)))
 
 
-# NB: sig must be non-empty: pipeline.shards.read_attrs json-decodes an empty string
-# attribute ("" in "[{" is True), so the default sig="" makes read_attrs fail.
-def ours(root, relpaths, size, gmm, lowpass, out_dir, tag, uncompressed_lab=False):
+def ours(root, relpaths, size, gmm, lowpass, out_dir, tag, compression=None):
     lab = out_dir / f"lab-{tag}.h5"
     lbl = out_dir / f"labels-{tag}.h5"
+    for p in (lab, lbl):            # a real run writes new files: replacing one costs more
+        p.unlink(missing_ok=True)
     t0 = time.perf_counter()
-    if uncompressed_lab:
-        # WHAT-IF (monkeypatch, bench only): Lab shards written without lzf/shuffle
-        # (fletcher32 kept), the change proposed for pipeline/preprocess.build_lab_shard
-        import pipeline.preprocess as pp
-        orig = pp.write_shard
-        pp.write_shard = lambda path, arrays, attrs: orig(path, arrays, attrs, compression=None)
-        try:
-            build_lab_shard(root, relpaths, size, lab, sig=f"bench{tag}")
-        finally:
-            pp.write_shard = orig
-    else:
-        build_lab_shard(root, relpaths, size, lab, sig=f"bench{tag}")
+    build_lab_shard(root, relpaths, size, lab, sig=f"bench{tag}", compression=compression)
     t1 = time.perf_counter()
     build_label_shard(lab, gmm, lowpass, lbl, sig=f"bench{tag}")
     t2 = time.perf_counter()
@@ -71,35 +60,31 @@ def ours(root, relpaths, size, gmm, lowpass, out_dir, tag, uncompressed_lab=Fals
 
 
 def stage_breakdown(root, relpaths, size, out, reps=3):
-    """ms/image of the pieces of the Lab stage and of reading a Lab shard back (medians of
-    `reps` interleaved passes over one chunk): where ours spends its time beyond plain."""
+    """ms/image of the pieces of the Lab stage on one chunk (medians of `reps` interleaved
+    passes): where ours spends its time beyond plain."""
     n = len(relpaths)
     rgbs = [load_rgb_with_size(root / rp, size)[0] for rp in relpaths]
-    labs = [rgb_to_lab(x) for x in rgbs]
-    L = np.stack([x[..., 0] for x in labs]).astype(np.float16)
-    ab = np.stack([np.moveaxis(x[..., 1:], -1, 0) for x in labs]).astype(np.float16)
-    L16, ab16 = np.empty_like(L[0]), np.empty_like(ab[0])
+    L = np.empty((n, size, size), np.int16)
+    ab = np.empty((n, 2, size, size), np.int16)
 
-    def fill():
-        for x in labs:
-            L16[...] = x[..., 0]
-            ab16[...] = np.moveaxis(x[..., 1:], -1, 0)
+    def convert():
+        for i, x in enumerate(rgbs):
+            lab_planes(x, L[i], ab[i], scale=LAB_SCALE)
+    convert()
 
     def write(compression):
         def go():
-            write_shard(out / f"bd-{compression}.h5", {"L": L, "ab": ab}, {"kind": "lab", "signature": "bd"},
-                        compression=compression)
+            p = out / f"bd-{compression}.h5"
+            p.unlink(missing_ok=True)
+            write_shard(p, {"L": L, "ab": ab}, {"kind": "lab", "signature": "bd"}, compression=compression)
         return go
-
-    def read(compression):
-        return lambda: read_array(out / f"bd-{compression}.h5", "ab")
 
     parts = {"plain_decode_resize": lambda: plain(root, relpaths, size),
              "load_rgb_with_size": lambda: [load_rgb_with_size(root / rp, size) for rp in relpaths],
-             "rgb_to_lab": lambda: [rgb_to_lab(x) for x in rgbs],
-             "float16_fill": fill,
-             "write_lab_lzf": write("lzf"), "write_lab_uncompressed": write(None),
-             "read_ab_lzf": read("lzf"), "read_ab_uncompressed": read(None)}
+             "lab_planes_int16": convert,
+             "write_lab_none": write(None), "write_lab_lzf": write("lzf"), "write_lab_szip": write("szip"),
+             "read_ab_none": lambda: read_array(out / "bd-None.h5", "ab"),
+             "read_ab_szip": lambda: read_array(out / "bd-szip.h5", "ab")}
     times = {k: [] for k in parts}
     for r in range(reps):
         for k in (list(parts) if r % 2 == 0 else list(parts)[::-1]):
@@ -117,8 +102,8 @@ def main():
     ap.add_argument("--im-size", type=int, default=256)
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--lowpass", type=int, default=8)
-    ap.add_argument("--what-if", action="store_true",
-                    help="also time ours with uncompressed Lab shards (monkeypatched write_shard)")
+    ap.add_argument("--what-if", choices=["lzf", "szip", "gzip"],
+                    help="also time ours with this Lab shard compression")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-preprocess-"))
@@ -156,7 +141,7 @@ def main():
                 sides = ("ours", "plain") + (("what_if",) if args.what_if else ())
                 for side in (sides if (r + c) % 2 == 0 else sides[::-1]):
                     if side == "what_if":
-                        a, b = ours(data, files, args.im_size, gmm, args.lowpass, out, f"w{c}", True)
+                        a, b = ours(data, files, args.im_size, gmm, args.lowpass, out, f"w{c}", args.what_if)
                         t_wi += a + b
                     elif side == "ours":
                         a, b = ours(data, files, args.im_size, gmm, args.lowpass, out, f"{c}")
@@ -190,8 +175,8 @@ def main():
                   "lab_shard_bytes_per_image": round(lab_bytes / len(chunks[0])),
                   "breakdown_ms_per_image": breakdown}
         if args.what_if:
-            result["what_if_uncompressed_lab_ratio"] = round(med["what_if_ratio"], 3)
-            result["what_if_lab_bytes_per_image"] = round(os.path.getsize(out / "lab-w0.h5") / len(chunks[0]))
+            result[f"what_if_{args.what_if}_ratio"] = round(med["what_if_ratio"], 3)
+            result[f"what_if_{args.what_if}_lab_bytes_per_image"] = round(os.path.getsize(out / "lab-w0.h5") / len(chunks[0]))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(result))

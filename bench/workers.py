@@ -1,8 +1,9 @@
 """Parallel preprocessing: `luigi --workers 2` vs `--workers 1` building Lab + label shards.
 
-Generates ~300 ImageNet-like JPEGs once, then builds `LabelsFor --config 14` (im_size 256,
-K=16, low-pass 8; overrides: val_split=val and shard_size=32 so ~300 images make ~10
-shards that two workers can share) from scratch in fresh subprocesses, each into its own
+Generates 2,000 ImageNet-like JPEGs once, then builds `LabelsFor --config 14` (im_size 256,
+K=16, low-pass 8; overrides: val_split=val and shard_size=128 so the images make ~16
+shards that two workers can share; at 300 images the fixed costs -- start-up, the
+sklearn import and GMM fit -- are most of the run) from scratch in fresh subprocesses, each into its own
 empty work dir, alternating the order (1, 2, 2, 1, ...).  The report also gives per family
 the sum of task wall times and their CPU/wall (task CPU = process CPU time of the process
 running it, all threads: > 1 means the task itself is multi-threaded, < 1 that it waits
@@ -21,7 +22,7 @@ scheduling up to the first task), the Lab phase, FitGMM and the label phase.
 what-if for the thread-oversubscription question; the default run leaves the environment
 as it is).
 
-    .venv/bin/python bench/workers.py [--n 300] [--reps 2] [--shard-size 32] [--env-threads-1]
+    .venv/bin/python bench/workers.py [--n 2000] [--reps 2] [--shard-size 128] [--env-threads-1]
 """
 import argparse
 import json
@@ -139,9 +140,9 @@ def run_build(data, work, workers, overrides, log, env):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n", type=int, default=300)
+    ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--reps", type=int, default=2, help="runs per worker count")
-    ap.add_argument("--shard-size", type=int, default=32)
+    ap.add_argument("--shard-size", type=int, default=128)
     ap.add_argument("--env-threads-1", action="store_true", help="OMP/OPENBLAS/MKL_NUM_THREADS=1 in children")
     args = ap.parse_args()
     t_start = time.perf_counter()

@@ -12,7 +12,11 @@ _RGB2XYZ = np.array([[0.412453, 0.357580, 0.180423],
                      [0.212671, 0.715160, 0.072169],
                      [0.019334, 0.119193, 0.950227]])
 _RGB2XYZ_N = (_RGB2XYZ / _WHITE[:, None]).astype(np.float32)
-_XYZ2RGB = np.linalg.inv(_RGB2XYZ)
+# normalised XYZ (X/Xn, Y/Yn, Z/Zn) -> linear sRGB.  The published matrix and D65 white
+# disagree by up to 8e-5, so rows are rescaled to sum to 1: a neutral colour (a = b = 0)
+# then comes back exactly gray (R = G = B), not off by one level at rounding boundaries.
+_XYZN2RGB = np.linalg.inv(_RGB2XYZ) * _WHITE
+_XYZN2RGB /= _XYZN2RGB.sum(axis=1, keepdims=True)
 
 _EPS = 216 / 24389      # CIE threshold on t = X/Xn in f(t)
 _KAPPA = 24389 / 27     # slope of the linear segment of f(t)
@@ -30,18 +34,50 @@ _LINEAR_LUT = _srgb_to_linear(np.arange(256) / 255.0).astype(np.float32)
 CHROMA_SCALE = 128.0
 
 
+def lab_planes(rgb, L_out=None, ab_out=None, scale: float = 1.0):
+    """uint8 (..., 3) sRGB -> scale * L (...) and scale * ab (2, ...): L in [0, 100], a, b
+    in about [-128, 127].
+
+    Planar, because that is how the shards and the network hold them.  Writes into
+    L_out / ab_out when given (any dtype: integer outputs are rounded, which with
+    `scale` gives the shards' fixed point straight from the float32 work arrays), else
+    returns new float32 arrays.  Cost at 256x256: one LUT gather, one 3x3 matmul, one
+    cube root and three scaled differences (~0.8 ms here).
+    """
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.shape[-1:] != (3,):
+        raise TypeError(f"expected uint8 (..., 3) RGB, got {rgb.dtype} {rgb.shape}")
+    shape = rgb.shape[:-1]
+    lin = _LINEAR_LUT.take(np.moveaxis(rgb, -1, 0).reshape(3, -1))    # (3, P) float32
+    t = _RGB2XYZ_N @ lin                                               # (3, P) X/Xn, Y/Yn, Z/Zn
+    f = np.cbrt(t)
+    dark = t <= _EPS                                                   # linear segment of f(t)
+    if dark.any():
+        np.copyto(f, t * np.float32(_KAPPA / 116) + np.float32(16 / 116), where=dark)
+    fx, fy, fz = f
+    L_out = np.empty(shape, np.float32) if L_out is None else L_out
+    ab_out = np.empty((2,) + shape, np.float32) if ab_out is None else ab_out
+    work = lin[0]                                                      # reused scratch (P,)
+    for out, u, v, k, c in ((L_out, fy, None, 116, -16), (ab_out[0], fx, fy, 500, 0),
+                            (ab_out[1], fy, fz, 200, 0)):
+        # out = scale * (k * (u - v) + c), with v = 0 for L
+        if v is None:
+            np.multiply(u, np.float32(k * scale), out=work)
+        else:
+            np.subtract(u, v, out=work)
+            work *= np.float32(k * scale)
+        if c:
+            work += np.float32(c * scale)
+        if np.issubdtype(out.dtype, np.integer):
+            np.rint(work, out=work)
+        out[...] = work.reshape(shape)
+    return L_out, ab_out
+
+
 def rgb_to_lab(rgb):
     """uint8 (..., 3) sRGB -> float32 (..., 3) Lab: L in [0, 100], a, b in about [-128, 127]."""
-    rgb = np.asarray(rgb)
-    if rgb.dtype != np.uint8:
-        raise TypeError(f"rgb_to_lab expects uint8 RGB, got {rgb.dtype}")
-    xyz = _LINEAR_LUT[rgb] @ _RGB2XYZ_N.T                      # (..., 3) float32
-    f = np.where(xyz > _EPS, np.cbrt(xyz), (_KAPPA * xyz + 16) / 116)
-    lab = np.empty_like(f)
-    lab[..., 0] = 116 * f[..., 1] - 16
-    lab[..., 1] = 500 * (f[..., 0] - f[..., 1])
-    lab[..., 2] = 200 * (f[..., 1] - f[..., 2])
-    return lab
+    L, ab = lab_planes(rgb)
+    return np.stack([L, ab[0], ab[1]], axis=-1)
 
 
 def lab_to_rgb(lab):
@@ -50,7 +86,7 @@ def lab_to_rgb(lab):
     fy = (lab[..., 0] + 16) / 116
     f = np.stack([fy + lab[..., 1] / 500, fy, fy - lab[..., 2] / 200], axis=-1)
     t = np.where(f ** 3 > _EPS, f ** 3, (116 * f - 16) / _KAPPA)
-    lin = np.clip((t * _WHITE) @ _XYZ2RGB.T, 0, 1)
+    lin = np.clip(t @ _XYZN2RGB.T, 0, 1)
     srgb = np.where(lin <= 0.0031308, 12.92 * lin, 1.055 * lin ** (1 / 2.4) - 0.055)
     return np.round(srgb * 255).astype(np.uint8)
 

@@ -7,23 +7,29 @@ from pathlib import Path
 
 import numpy as np
 
-from .color import ab_to_hue_chroma, rgb_to_lab
+import h5py
+
+from .color import ab_to_hue_chroma, lab_planes
 from .images import SkipImage, load_rgb_with_size
 from .labels import target_posteriors
-from .shards import read_array, read_attrs, write_shard
+from .shards import LAB_SCALE, ShardError, decode_lab, read_array, read_attrs, write_shard
 from .signature import file_fingerprint
 
+LABEL_BATCH = 64    # images per posterior computation: bounds memory at ~40 MB for 256 px
 
-def build_lab_shard(root, relpaths, im_size: int, out_path, sig: str = "", on_image=None) -> dict:
+
+def build_lab_shard(root, relpaths, im_size: int, out_path, sig: str = "", on_image=None,
+                    compression=None) -> dict:
     """Decode, resize and convert `relpaths` to Lab; write one shard; return its summary.
 
     Unusable files are recorded with a reason in the shard's `skipped` attribute
-    and counted; they are never replaced by another file.
+    and counted; they are never replaced by another file.  `compression`: see
+    pipeline.shards.COMPRESSION (a storage choice: the arrays read back the same).
     """
     root = Path(root)
     n = len(relpaths)
-    L = np.empty((n, im_size, im_size), np.float16)
-    ab = np.empty((n, 2, im_size, im_size), np.float16)
+    L = np.empty((n, im_size, im_size), np.int16)                 # fixed point, see LAB_SCALE
+    ab = np.empty((n, 2, im_size, im_size), np.int16)
     kept, sizes, fps, skipped = [], [], [], []
     for i, rp in enumerate(relpaths):
         try:
@@ -31,9 +37,7 @@ def build_lab_shard(root, relpaths, im_size: int, out_path, sig: str = "", on_im
         except SkipImage as e:
             skipped.append([rp, e.reason, e.detail])
         else:
-            lab = rgb_to_lab(rgb)                                # (S, S, 3) float32
-            L[len(kept)] = lab[..., 0]
-            ab[len(kept)] = np.moveaxis(lab[..., 1:], -1, 0)
+            lab_planes(rgb, L[len(kept)], ab[len(kept)], scale=LAB_SCALE)   # int16 fixed point
             kept.append(rp)
             sizes.append(size)
             fps.append(file_fingerprint(root / rp))
@@ -44,7 +48,8 @@ def build_lab_shard(root, relpaths, im_size: int, out_path, sig: str = "", on_im
     write_shard(out_path,
                 {"L": L[:m], "ab": ab[:m], "paths": kept, "fingerprints": fps,
                  "sizes": np.asarray(sizes, np.int32).reshape(m, 2)},
-                {"kind": "lab", "signature": sig, "im_size": im_size, **summary})
+                {"kind": "lab", "signature": sig, "im_size": im_size, "lab_scale": LAB_SCALE, **summary},
+                compression=compression)
     return summary
 
 
@@ -65,11 +70,21 @@ def sample_pixels(shard_paths, name: str, n_images: int, per_image: int, seed: i
     rng = np.random.default_rng(seed)
     counts = [read_attrs(p)["n_images"] for p in shard_paths]
     out = []
-    for s, i in _choose_images(counts, n_images, rng):
-        img = read_array(shard_paths[s], name, i).astype(np.float32)  # (S,S) or (2,S,S)
-        img = img.reshape(-1, img.shape[-2] * img.shape[-1])           # (C, S*S)
-        pick = rng.choice(img.shape[1], size=min(per_image, img.shape[1]), replace=False)
-        out.append(img[:, pick].T)
+    by_shard = {}
+    for s, i in _choose_images(counts, n_images, rng):            # sorted by shard, then image
+        by_shard.setdefault(s, []).append(i)
+    for s, rows in by_shard.items():
+        path = shard_paths[s]
+        try:
+            with h5py.File(path, "r") as f:                        # each shard opened once
+                ds = f[name]
+                for i in rows:
+                    img = decode_lab(ds[i])                        # (S,S) or (2,S,S)
+                    img = img.reshape(-1, img.shape[-2] * img.shape[-1])   # (C, S*S)
+                    pick = rng.choice(img.shape[1], size=min(per_image, img.shape[1]), replace=False)
+                    out.append(img[:, pick].T)
+        except (OSError, KeyError) as e:
+            raise ShardError(f"cannot read {name} from shard {path}: {e}") from None
     if not out:
         raise ValueError("no images to sample pixels from: every training image was skipped")
     return np.concatenate(out)
@@ -94,16 +109,24 @@ def mean_lightness(shard_paths, n_pixels: int, seed: int = 0) -> float:
 
 def build_label_shard(lab_path, gmm: dict, lowpass: int, out_path, sig: str = "", on_image=None) -> dict:
     """Posteriors of every image of a Lab shard at the target resolution; float16
-    (max error 2^-12 ~ 2.4e-4 on values in [0, 1])."""
+    (max error 2^-12 ~ 2.4e-4 on values in [0, 1]).  Works on batches of LABEL_BATCH
+    images: one low-pass and one posterior evaluation per batch.
+
+    Values below 2^-14 (float16's smallest normal number) are stored as 0: an error
+    below the encoding's own bound, and numpy casts subnormal float16 values in a
+    slow path (~9x slower; about half of all posteriors are that small)."""
     attrs = read_attrs(lab_path)
     n, size, k = attrs["n_images"], attrs["im_size"], len(gmm["weights"])
     s = size // lowpass
     post = np.empty((n, k, s, s), np.float16)
-    ab_all = read_array(lab_path, "ab") if n else None          # (N, 2, S, S) float16
-    for i in range(n):
-        post[i] = target_posteriors(ab_all[i].astype(np.float32), gmm, lowpass)
+    ab_all = read_array(lab_path, "ab") if n else None          # (N, 2, S, S) int16
+    for i in range(0, n, LABEL_BATCH):
+        j = min(n, i + LABEL_BATCH)
+        p = target_posteriors(decode_lab(ab_all[i:j]), gmm, lowpass)   # (B, K, s, s) float32
+        np.putmask(p, p < np.float32(2 ** -14), np.float32(0))
+        post[i:j] = p
         if on_image:
-            on_image(i + 1, n)
+            on_image(j, n)
     paths = list(read_array(lab_path, "paths")) if n else []
     write_shard(out_path, {"posteriors": post, "paths": paths},
                 {"kind": "labels", "signature": sig, "n_images": n, "n_clusters": k,

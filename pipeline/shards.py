@@ -5,7 +5,8 @@ decompression), shuffled + compressed, and checksummed (fletcher32: a flipped
 byte is an error on read, never silently wrong data).  Metadata lives in
 attributes, dicts/lists stored as JSON strings.
 
-Lab shard:    L (N, S, S) float16 lightness 0..100; ab (N, 2, S, S) float16;
+Lab shard:    L (N, S, S) lightness 0..100 and ab (N, 2, S, S), both int16 fixed point
+              (see LAB_SCALE, encode_lab, decode_lab);
               paths (N,) str relative to the dataset root; sizes (N, 2) int32
               original (width, height); fingerprints (N,) str.
 Label shard:  posteriors (N, K, s, s) float16, s = S // lowpass; paths (N,).
@@ -19,6 +20,39 @@ from .atomic import atomic_path
 
 _STR = h5py.string_dtype("utf-8")
 
+#: Lab shards hold L, a and b as int16 fixed point, value = round(Lab * LAB_SCALE): steps of
+#: 1/256, 16x finer than float16 at L = 100 in the same 2 bytes, and numpy converts int16 <->
+#: float32 with SIMD code, ~20x faster than its scalar float16 casts (0.005 vs 0.12 ms per
+#: 256x256 plane here).  sRGB colours have |a|, |b| < 110, so nothing is clipped.
+LAB_SCALE = 256
+
+#: write_shard's compression choices -> h5py filter settings.  Shuffle helps the LZ
+#: compressors on multi-byte values; szip (libaec) does its own nearest-neighbour prediction.
+COMPRESSION = {None: {}, "none": {},
+               "lzf": {"compression": "lzf", "shuffle": True},
+               "gzip": {"compression": "gzip", "compression_opts": 1, "shuffle": True},
+               "szip": {"compression": "szip", "compression_opts": ("nn", 16)}}
+
+
+def encode_lab(x, out=None) -> np.ndarray:
+    """Float Lab values -> int16 fixed point (rounded; clipped to the int16 range)."""
+    q = np.multiply(x, LAB_SCALE, dtype=np.float32)
+    np.rint(q, out=q)
+    np.clip(q, -32768, 32767, out=q)
+    if out is None:
+        return q.astype(np.int16)
+    out[...] = q
+    return out
+
+
+def decode_lab(q) -> np.ndarray:
+    """int16 fixed point read from a Lab shard -> float32 Lab values."""
+    q = np.asarray(q)
+    if q.dtype != np.int16:
+        raise ShardError(f"Lab arrays must be int16 fixed point, got {q.dtype} "
+                         "(a shard from an older version? delete it and rerun)")
+    return np.multiply(q, np.float32(1 / LAB_SCALE), dtype=np.float32)
+
 
 class ShardError(RuntimeError):
     """A shard is unreadable or fails its checksum; the message names the file."""
@@ -31,12 +65,22 @@ def _as_attr(value):
 def write_shard(path, arrays: dict, attrs: dict, compression="lzf") -> None:
     """Atomically write `arrays` (first axis = image) and `attrs` to an HDF5 file.
 
-    The file is built in memory and written with plain file I/O: a full disk or a
-    read-only folder is then an ordinary OSError naming `path` (HDF5 writing to disk
-    itself leaves the library in a state that segfaults the process at exit).
+    compression: a key of COMPRESSION (None / "none" = stored as is).  The file is built
+    in memory and written with plain file I/O: a full disk or a read-only folder is then
+    an ordinary OSError naming `path`.  (HDF5 writing to disk itself, or through a Python
+    file object, leaves the library in a state that crashes the process after a failed
+    write: tests/test_faults.py.  Building in memory costs one extra copy, ~0.4 ms per
+    256 px image.)
     """
+    if compression not in COMPRESSION:
+        raise ValueError(f"unknown compression {compression!r}; choose one of "
+                         f"{sorted(k for k in COMPRESSION if k)}")
+    # The in-memory file grows in block_size steps, each a realloc + copy: one block
+    # for the whole shard avoids copying a 40 MB shard ~10 times.
+    size = sum(v.nbytes for v in arrays.values() if isinstance(v, np.ndarray))
+    block = max(1 << 20, size + (1 << 20))
     with atomic_path(path) as tmp:
-        with h5py.File(tmp.name, "w", driver="core", backing_store=False, block_size=1 << 22) as f:
+        with h5py.File(tmp.name, "w", driver="core", backing_store=False, block_size=block) as f:
             for name, value in arrays.items():
                 value = np.asarray(value) if not isinstance(value, list) else value
                 if isinstance(value, list) or value.dtype.kind in "OUS":
@@ -45,8 +89,10 @@ def write_shard(path, arrays: dict, attrs: dict, compression="lzf") -> None:
                 if value.shape[0] == 0 or value.ndim == 1:
                     f.create_dataset(name, data=value)
                     continue
+                # rows of a few numbers (sizes) are not worth a filter (szip refuses them)
+                filters = COMPRESSION[compression] if np.prod(value.shape[1:]) >= 64 else {}
                 f.create_dataset(name, data=value, chunks=(1,) + value.shape[1:],
-                                 compression=compression, shuffle=True, fletcher32=True)
+                                 fletcher32=True, **filters)
             for key, value in attrs.items():
                 f.attrs[key] = _as_attr(value)
             f.flush()

@@ -12,10 +12,10 @@ import os
 # Bump a stage's number when its code changes what it writes; that stage and
 # everything downstream of it then rerun.
 STAGE_VERSIONS = {
-    "lab": 1,        # decode, resize, Lab conversion, shard layout
+    "lab": 2,        # decode, resize, Lab conversion, shard layout (2: int16 fixed-point Lab)
     "mean": 1,       # mean lightness estimate
     "gmm": 1,        # hue/chroma mixture fit
-    "labels": 1,     # low-pass + posteriors
+    "labels": 2,     # low-pass + posteriors (2: reads int16 Lab, batched)
     "prior": 1,      # empirical cluster prior
     "train": 1,      # training loop / model definitions
     "evaluate": 1,   # metrics and report

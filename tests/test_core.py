@@ -7,11 +7,12 @@ import pytest
 from skimage.color import lab2rgb, rgb2lab
 
 from pipeline.atomic import atomic_path, remove_stale_temporaries
-from pipeline.color import ab_to_hue_chroma, hue_chroma_to_ab, lab_to_rgb, rgb_to_lab
+from pipeline.color import ab_to_hue_chroma, hue_chroma_to_ab, lab_planes, lab_to_rgb, rgb_to_lab
 from pipeline.gmm import fit_gmm, load_gmm, posteriors, save_gmm, uniform_grid
 from pipeline.labels import lowpass_ab, target_posteriors
 from pipeline.plan import group_files
-from pipeline.shards import ShardError, read_array, verify_shard, write_shard
+from pipeline.shards import (LAB_SCALE, ShardError, decode_lab, encode_lab, read_array, verify_shard,
+                             write_shard)
 
 
 def test_rgb_to_lab_matches_skimage():
@@ -141,3 +142,39 @@ def test_flipped_byte_is_detected_and_names_the_file(tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(ShardError, match="s.h5"):
         verify_shard(path)
+
+
+def test_shard_lab_fixed_point_matches_float_lab_and_gray_comes_back_gray():
+    rgb = np.random.default_rng(8).integers(0, 256, (2, 40, 40, 3), dtype=np.uint8)
+    ref = rgb_to_lab(rgb)                                                  # (2, 40, 40, 3) float32
+    L = np.empty((2, 40, 40), np.int16)
+    ab = np.empty((2, 2, 40, 40), np.int16)                                # (a/b, image, y, x)
+    lab_planes(rgb, L, ab, scale=LAB_SCALE)                                # as build_lab_shard
+    np.testing.assert_allclose(decode_lab(L), ref[..., 0], atol=0.5 / LAB_SCALE + 1e-5)
+    np.testing.assert_allclose(decode_lab(ab), np.moveaxis(ref[..., 1:], -1, 0), atol=0.5 / LAB_SCALE + 1e-4)
+    np.testing.assert_array_equal(encode_lab(decode_lab(ab)), ab)
+    with pytest.raises(ShardError, match="int16"):
+        decode_lab(ab.astype(np.float16))
+    L_all = np.arange(0, 100 * LAB_SCALE + 1) / LAB_SCALE                  # every stored lightness
+    gray = lab_to_rgb(np.stack([L_all, 0 * L_all, 0 * L_all], -1))
+    assert (gray[:, 0] == gray[:, 1]).all() and (gray[:, 1] == gray[:, 2]).all()
+
+
+@pytest.mark.parametrize("compression", [None, "lzf", "szip", "gzip"])
+def test_every_lab_compression_reads_back_the_same_arrays(tmp_path, compression):
+    rng = np.random.default_rng(9)
+    arrays = {"L": rng.integers(0, 25600, (3, 16, 16), dtype=np.int16),
+              "sizes": rng.integers(1, 999, (3, 2), dtype=np.int32), "paths": ["a", "b", "c"]}
+    path = tmp_path / f"{compression}.h5"
+    write_shard(path, arrays, {"n_images": 3}, compression=compression)
+    for name in ("L", "sizes"):
+        np.testing.assert_array_equal(read_array(path, name), arrays[name])
+    with h5py.File(path, "r") as f:
+        assert f["L"].compression == (compression if compression != "none" else None)
+        assert f["L"].fletcher32
+
+
+def test_unknown_compression_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown compression 'zstd'"):
+        write_shard(tmp_path / "x.h5", {"L": np.zeros((1, 8, 8), np.int16)}, {}, compression="zstd")
+    assert list(tmp_path.iterdir()) == []

@@ -16,7 +16,7 @@ from pipeline.gmm import load_gmm, posteriors
 from pipeline.color import ab_to_hue_chroma
 from pipeline.config import resolve_config
 from pipeline.labels import lowpass_ab
-from pipeline.shards import read_array, read_attrs
+from pipeline.shards import decode_lab, read_array, read_attrs
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = 102   # tiny test config: 32 px images, K=4, low-pass 8, shard_size 4
@@ -54,7 +54,7 @@ def test_label_shards_agree_with_sklearn_and_align_with_lab_shards(work, photo_d
     for lab_path, label_path in split.pairs():
         paths = read_array(lab_path, "paths")
         assert list(read_array(label_path, "paths")) == list(paths)
-        ab = read_array(lab_path, "ab").astype(np.float32)
+        ab = decode_lab(read_array(lab_path, "ab"))
         post = read_array(label_path, "posteriors").astype(np.float64)   # (N, K, 16, 16)
         assert post.shape[1:] == (4, 4, 4)
         for i in range(len(paths)):

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pipeline.shards import ShardError
+from pipeline.shards import ShardError, decode_lab
 
 _MAX_OPEN = 64  # open HDF5 handles kept per process (least recently used closed first)
 
@@ -135,7 +135,7 @@ class ShardDataset(Dataset):
         index = int(index)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")
-        L = torch.from_numpy(self._read(0, "L", index).astype(np.float32))
+        L = torch.from_numpy(decode_lab(self._read(0, "L", index)))
         target = torch.from_numpy(self._read(1, "posteriors", index).astype(np.float32))
         x = (L - self.mean_L).unsqueeze(0)
         if self.flip:
@@ -148,8 +148,8 @@ class ShardDataset(Dataset):
         """Unflipped raw arrays of image `index` for visualisation:
         L (S, S), ab (2, S, S), posteriors (K, s, s) as float32, and its path."""
         path = self._read(0, "paths", index)
-        return {"L": self._read(0, "L", index).astype(np.float32),
-                "ab": self._read(0, "ab", index).astype(np.float32),
+        return {"L": decode_lab(self._read(0, "L", index)),
+                "ab": decode_lab(self._read(0, "ab", index)),
                 "posteriors": self._read(1, "posteriors", index).astype(np.float32),
                 "path": path.decode() if isinstance(path, bytes) else str(path)}
 
