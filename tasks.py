@@ -26,7 +26,7 @@ from pipeline.gmm import fit_gmm, load_gmm, save_gmm, uniform_grid
 from pipeline.plan import dataset_id, plan_shards
 from pipeline.preprocess import build_label_shard, build_lab_shard, gmm_features, mean_lightness
 from pipeline.progress import Progress
-from pipeline.shards import read_attrs
+from pipeline.shards import COMPRESSION, read_attrs
 from pipeline.signature import hash_strings, signature
 
 log = logging.getLogger("luigi-interface")
@@ -39,7 +39,7 @@ class colorize(luigi.Config):
     device = luigi.Parameter(default="auto", description="auto | cpu | cuda | cuda:N")
     loader_workers = luigi.IntParameter(default=2, description="DataLoader worker processes")
     lab_compression = luigi.ChoiceParameter(
-        default="none", choices=["none", "lzf", "szip", "gzip"],
+        default="none", choices=sorted(k for k in COMPRESSION if k),
         description="Lab shard storage: a disk-vs-CPU choice that does not change what is read back")
     gpu_resource = luigi.Parameter(default="gpu", description="[resources] name a training task takes 1 of "
                                    "(per-host names, e.g. gpu_host1, with a central scheduler)")

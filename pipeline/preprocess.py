@@ -7,12 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-import h5py
-
 from .color import ab_to_hue_chroma, lab_planes
 from .images import SkipImage, load_rgb_with_size
 from .labels import target_posteriors
-from .shards import LAB_SCALE, ShardError, decode_lab, read_array, read_attrs, write_shard
+from .shards import LAB_SCALE, decode_lab, read_array, read_attrs, read_rows, write_shard
 from .signature import file_fingerprint
 
 LABEL_BATCH = 64    # images per posterior computation: bounds memory at ~40 MB for 256 px
@@ -62,29 +60,27 @@ def _choose_images(counts, n_images: int, rng):
     return sorted(zip(shard.tolist(), (flat - starts[shard]).tolist()))
 
 
-def sample_pixels(shard_paths, name: str, n_images: int, per_image: int, seed: int) -> np.ndarray:
-    """Random pixels of array `name` ('L' or 'ab') from up to n_images images.
+def _image_counts(shard_paths) -> list:
+    return [read_attrs(p)["n_images"] for p in shard_paths]
+
+
+def sample_pixels(shard_paths, counts, name: str, n_images: int, per_image: int, seed: int) -> np.ndarray:
+    """Random pixels of array `name` ('L' or 'ab') from up to n_images images of shards
+    holding `counts` images each.
 
     Returns (P, C) float32, C = 1 for L, 2 for ab.  Deterministic for a seed.
     """
     rng = np.random.default_rng(seed)
-    counts = [read_attrs(p)["n_images"] for p in shard_paths]
     out = []
     by_shard = {}
     for s, i in _choose_images(counts, n_images, rng):            # sorted by shard, then image
         by_shard.setdefault(s, []).append(i)
     for s, rows in by_shard.items():
-        path = shard_paths[s]
-        try:
-            with h5py.File(path, "r") as f:                        # each shard opened once
-                ds = f[name]
-                for i in rows:
-                    img = decode_lab(ds[i])                        # (S,S) or (2,S,S)
-                    img = img.reshape(-1, img.shape[-2] * img.shape[-1])   # (C, S*S)
-                    pick = rng.choice(img.shape[1], size=min(per_image, img.shape[1]), replace=False)
-                    out.append(img[:, pick].T)
-        except (OSError, KeyError) as e:
-            raise ShardError(f"cannot read {name} from shard {path}: {e}") from None
+        for img in read_rows(shard_paths[s], name, rows):         # each shard opened once
+            img = decode_lab(img)                                  # (S,S) or (2,S,S)
+            img = img.reshape(-1, img.shape[-2] * img.shape[-1])   # (C, S*S)
+            pick = rng.choice(img.shape[1], size=min(per_image, img.shape[1]), replace=False)
+            out.append(img[:, pick].T)
     if not out:
         raise ValueError("no images to sample pixels from: every training image was skipped")
     return np.concatenate(out)
@@ -93,18 +89,18 @@ def sample_pixels(shard_paths, name: str, n_images: int, per_image: int, seed: i
 def gmm_features(shard_paths, n_images: int, per_image: int, per_image_few: int, seed: int):
     """(P, 2) hue/chroma features sampled as the original did: n_images x per_image
     pixels, or per_image_few pixels per image when fewer than 100 images exist."""
-    total = sum(read_attrs(p)["n_images"] for p in shard_paths)
-    per = per_image_few if total < 100 else per_image
-    ab = sample_pixels(shard_paths, "ab", n_images, per, seed)
+    counts = _image_counts(shard_paths)
+    per = per_image_few if sum(counts) < 100 else per_image
+    ab = sample_pixels(shard_paths, counts, "ab", n_images, per, seed)
     return ab_to_hue_chroma(ab[:, 0], ab[:, 1])
 
 
 def mean_lightness(shard_paths, n_pixels: int, seed: int = 0) -> float:
     """Mean L over n_pixels sampled from (up to) 1000 images."""
-    counts = [read_attrs(p)["n_images"] for p in shard_paths]
+    counts = _image_counts(shard_paths)
     n_images = min(1000, int(sum(counts)))
     per = max(1, -(-n_pixels // max(n_images, 1)))
-    return float(sample_pixels(shard_paths, "L", n_images, per, seed).mean())
+    return float(sample_pixels(shard_paths, counts, "L", n_images, per, seed).mean())
 
 
 def build_label_shard(lab_path, gmm: dict, lowpass: int, out_path, sig: str = "", on_image=None) -> dict:
@@ -119,10 +115,10 @@ def build_label_shard(lab_path, gmm: dict, lowpass: int, out_path, sig: str = ""
     n, size, k = attrs["n_images"], attrs["im_size"], len(gmm["weights"])
     s = size // lowpass
     post = np.empty((n, k, s, s), np.float16)
-    ab_all = read_array(lab_path, "ab") if n else None          # (N, 2, S, S) int16
     for i in range(0, n, LABEL_BATCH):
         j = min(n, i + LABEL_BATCH)
-        p = target_posteriors(decode_lab(ab_all[i:j]), gmm, lowpass)   # (B, K, s, s) float32
+        ab = decode_lab(read_array(lab_path, "ab", slice(i, j)))     # (B, 2, S, S) float32
+        p = target_posteriors(ab, gmm, lowpass)                      # (B, K, s, s) float32
         np.putmask(p, p < np.float32(2 ** -14), np.float32(0))
         post[i:j] = p
         if on_image:

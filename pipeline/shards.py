@@ -1,8 +1,9 @@
 """HDF5 shard I/O.
 
 Every array is chunked one image per chunk (so a loader reads one image with one
-decompression), shuffled + compressed, and checksummed (fletcher32: a flipped
-byte is an error on read, never silently wrong data).  Metadata lives in
+read), compressed as the writer chooses (COMPRESSION: label shards lzf, Lab shards
+[colorize] lab_compression, none by default), and checksummed (fletcher32: a
+flipped byte is an error on read, never silently wrong data).  Metadata lives in
 attributes, dicts/lists stored as JSON strings.
 
 Lab shard:    L (N, S, S) lightness 0..100 and ab (N, 2, S, S), both int16 fixed point
@@ -34,15 +35,13 @@ COMPRESSION = {None: {}, "none": {},
                "szip": {"compression": "szip", "compression_opts": ("nn", 16)}}
 
 
-def encode_lab(x, out=None) -> np.ndarray:
-    """Float Lab values -> int16 fixed point (rounded; clipped to the int16 range)."""
+def encode_lab(x) -> np.ndarray:
+    """Float Lab values -> int16 fixed point (rounded; clipped to the int16 range).
+    build_lab_shard gets the same values straight from color.lab_planes(scale=LAB_SCALE)."""
     q = np.multiply(x, LAB_SCALE, dtype=np.float32)
     np.rint(q, out=q)
     np.clip(q, -32768, 32767, out=q)
-    if out is None:
-        return q.astype(np.int16)
-    out[...] = q
-    return out
+    return q.astype(np.int16)
 
 
 def decode_lab(q) -> np.ndarray:
@@ -122,6 +121,15 @@ def read_array(path, name, index=slice(None)):
     try:
         with h5py.File(path, "r") as f:
             return _read(f, name, index, path)
+    except OSError as e:
+        raise ShardError(f"cannot read shard {path}: {e}") from None
+
+
+def read_rows(path, name, rows) -> list:
+    """Rows `rows` of one array with the file opened once; checksum failures name the file."""
+    try:
+        with h5py.File(path, "r") as f:
+            return [_read(f, name, i, path) for i in rows]
     except OSError as e:
         raise ShardError(f"cannot read shard {path}: {e}") from None
 
