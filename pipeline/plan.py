@@ -4,12 +4,17 @@ Shard boundaries are content-defined (as in rsync / deduplicating backups): a
 shard ends after a file whose path hash is 0 mod shard_size, or at 4x
 shard_size.  Adding, removing or editing one image therefore changes one shard
 (the one holding it), not every shard after it as fixed-size chunking would.
+
+A shard's signature covers its files' relative paths and fingerprints
+(pipeline/fingerprint.py), never the dataset's absolute location: the same
+files reached from another place are the same data (see dataset_id).
 """
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .signature import file_fingerprint, hash_strings, signature
+from .fingerprint import fingerprint_files
+from .signature import hash_strings, signature
 
 
 @dataclass(frozen=True)
@@ -35,17 +40,28 @@ def group_files(relpaths, shard_size: int):
     return groups
 
 
-def plan_shards(root, relpaths, shard_size: int, im_size: int):
-    """Group the files and sign each group by its paths, stat fingerprints and im_size."""
-    root = Path(root)
+def plan_shards(root, relpaths, shard_size: int, im_size: int, fingerprint: str = "stat", cache_dir=None):
+    """Group the files and sign each group by its paths, fingerprints and im_size.
+
+    `fingerprint`: "stat" or "content" (pipeline/fingerprint.py); `cache_dir`: where
+    content mode keeps its digest cache (None: no cache, every file is read).
+    """
+    groups = group_files(relpaths, shard_size)
+    fps = iter(fingerprint_files(root, [rp for g in groups for rp in g], fingerprint, cache_dir))
     plans = []
-    for group in group_files(relpaths, shard_size):
-        fps = [f"{rp}\t{file_fingerprint(root / rp)}" for rp in group]
-        plans.append(ShardPlan(signature("lab", im_size=im_size, files=hash_strings(fps)), tuple(group)))
+    for group in groups:
+        lines = [f"{rp}\t{next(fps)}" for rp in group]
+        plans.append(ShardPlan(signature("lab", im_size=im_size, files=hash_strings(lines)), tuple(group)))
     return plans
 
 
 def dataset_id(root) -> str:
-    """Readable, unique name of a dataset folder: its name plus a hash of its absolute path."""
-    root = Path(root).resolve()
-    return f"{root.name}-{hash_strings([str(root)])[:6]}"
+    """Readable name of a dataset folder for logs and manifests: the folder's name.
+
+    Deliberately not a hash of the absolute path: no artifact depends on where the
+    dataset lies (shard signatures cover relative paths and fingerprints, run
+    signatures cover shard signatures), so moving the folder must rebuild nothing.
+    Output paths should not depend on this name either (renaming the folder would
+    rebuild Lab and label shards while runs stay complete); README "Stale-only reruns".
+    """
+    return Path(root).resolve().name

@@ -8,22 +8,25 @@ from pathlib import Path
 import numpy as np
 
 from .color import ab_to_hue_chroma, lab_planes
+from .fingerprint import check_mode, file_fingerprint
 from .images import SkipImage, load_rgb_with_size
 from .labels import target_posteriors
 from .shards import LAB_SCALE, decode_lab, read_array, read_attrs, read_rows, write_shard
-from .signature import file_fingerprint
 
 LABEL_BATCH = 64    # images per posterior computation: bounds memory at ~40 MB for 256 px
 
 
 def build_lab_shard(root, relpaths, im_size: int, out_path, sig: str = "", on_image=None,
-                    compression=None) -> dict:
+                    compression=None, fingerprint: str = "stat") -> dict:
     """Decode, resize and convert `relpaths` to Lab; write one shard; return its summary.
 
     Unusable files are recorded with a reason in the shard's `skipped` attribute
     and counted; they are never replaced by another file.  `compression`: see
     pipeline.shards.COMPRESSION (a storage choice: the arrays read back the same).
+    Each kept image's fingerprint (mode `fingerprint`, as the plan used; taken after
+    decoding, uncached) is stored beside it, a record of which version was read.
     """
+    check_mode(fingerprint)
     root = Path(root)
     n = len(relpaths)
     L = np.empty((n, im_size, im_size), np.int16)                 # fixed point, see LAB_SCALE
@@ -38,7 +41,7 @@ def build_lab_shard(root, relpaths, im_size: int, out_path, sig: str = "", on_im
             lab_planes(rgb, L[len(kept)], ab[len(kept)], scale=LAB_SCALE)   # int16 fixed point
             kept.append(rp)
             sizes.append(size)
-            fps.append(file_fingerprint(root / rp))
+            fps.append(file_fingerprint(root / rp, fingerprint))
         if on_image:
             on_image(i + 1, n)
     m = len(kept)

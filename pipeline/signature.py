@@ -2,12 +2,12 @@
 
 Luigi only checks that an output exists, so each output path carries a short
 hash of: the stage's code version, the task's output-affecting parameters, the
-signatures of its inputs and, for source images, their stat fingerprints.
+signatures of its inputs and, for source images, their fingerprints
+(pipeline/fingerprint.py).
 Change any of these and the path changes, so exactly the stale stages rerun.
 """
 import hashlib
 import json
-import os
 
 # Bump a stage's number when its code changes what it writes; that stage and
 # everything downstream of it then rerun.
@@ -29,15 +29,6 @@ def signature(stage: str, **parts) -> str:
     payload = json.dumps({"stage": stage, "version": STAGE_VERSIONS[stage], **parts},
                          sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:SIG_LEN]
-
-
-def file_fingerprint(path) -> str:
-    """Cheap change detector for a source file: size and mtime in ns ('missing' if absent)."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return "missing"
-    return f"{st.st_size}-{st.st_mtime_ns}"
 
 
 def hash_strings(items) -> str:
