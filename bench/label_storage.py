@@ -26,7 +26,8 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from pipeline.color import ab_to_hue_chroma  # noqa: E402
-from pipeline.datasets import generate_imagenet_like, list_split  # noqa: E402
+from pipeline.splits import list_split
+from pipeline.synthetic import generate_imagenet_like  # noqa: E402
 from pipeline.gmm import fit_gmm, posteriors, to_sklearn  # noqa: E402
 from pipeline.labels import lowpass_ab  # noqa: E402
 from pipeline.preprocess import build_label_shard, build_lab_shard, gmm_features  # noqa: E402

@@ -59,7 +59,7 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
     t_start = time.perf_counter()
-    from pipeline.datasets import generate_imagenet_like
+    from pipeline.synthetic import generate_imagenet_like
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-noop-"))
     try:

@@ -33,7 +33,8 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pipeline.color import lab_planes  # noqa: E402
-from pipeline.datasets import generate_imagenet_like, list_split  # noqa: E402
+from pipeline.splits import list_split
+from pipeline.synthetic import generate_imagenet_like  # noqa: E402
 from pipeline.images import load_rgb_with_size  # noqa: E402
 from pipeline.shards import LAB_SCALE, read_array, write_shard  # noqa: E402
 from pipeline.gmm import fit_gmm  # noqa: E402

@@ -4,7 +4,7 @@ shard storage per image, and a plan for ImageNet (README "Scaling").
 Each measurement runs `LabelsFor` (Lab shards -> FitGMM -> label shards, train and val
 splits) of config 14 (K=16, low-pass 8, shard_size 256; val_split = val) in a fresh
 process and a fresh work dir, on generated ImageNet-like JPEGs (~500x375,
-pipeline.datasets.generate_imagenet_like), with `--workers W` and one BLAS/OpenMP thread
+pipeline.synthetic.generate_imagenet_like), with `--workers W` and one BLAS/OpenMP thread
 per process.  Per-task processing times come from Luigi's PROCESSING_TIME event, so the
 per-worker rate of each stage is known as well as the wall time.
 
@@ -88,7 +88,7 @@ def run_pipeline(root, n, workers, im_size, scratch):
 
 # ----------------------------------------------------------------------------- datasets
 def dataset(path, n):
-    from pipeline.datasets import generate_imagenet_like
+    from pipeline.synthetic import generate_imagenet_like
     t0 = time.perf_counter()
     info = generate_imagenet_like(path, n, seed=0)
     return info, time.perf_counter() - t0
@@ -96,7 +96,7 @@ def dataset(path, n):
 
 def subset(full, n, dest):
     """A dataset root holding the first 90% / 10% of full's train / val lists (symlinked)."""
-    from pipeline.datasets import list_split
+    from pipeline.splits import list_split
     dest.mkdir(parents=True, exist_ok=True)
     train, val = list_split(full, "train"), list_split(full, "val")
     n_val = max(1, round(n * len(val) / (len(train) + len(val))))

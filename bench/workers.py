@@ -146,7 +146,7 @@ def main():
     ap.add_argument("--env-threads-1", action="store_true", help="OMP/OPENBLAS/MKL_NUM_THREADS=1 in children")
     args = ap.parse_args()
     t_start = time.perf_counter()
-    from pipeline.datasets import generate_imagenet_like
+    from pipeline.synthetic import generate_imagenet_like
 
     env = dict(os.environ)
     if args.env_threads_1:

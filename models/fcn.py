@@ -66,7 +66,9 @@ class FCN(nn.Module):
         self.score_fr = nn.Conv2d(self.trunk.out_channels["fc7"], n_classes, 1)
         for pool, up_name, _ in self.skips:
             score = nn.Conv2d(self.trunk.out_channels[pool], n_classes, 1)
-            # zero: a fresh skip adds nothing, so a finer net starts as the coarser one
+            # zero: a fresh skip adds nothing at first.  The finer net's output still
+            # differs from the coarser one it starts from (2x then 16x bilinear
+            # upsampling instead of 32x: up to ~3.5 logits apart), so it needs training.
             nn.init.zeros_(score.weight)
             nn.init.zeros_(score.bias)
             setattr(self, f"score_{pool}", score)
@@ -87,14 +89,10 @@ class FCN(nn.Module):
         return crop(getattr(self, name)(score), offset, h, w)  # (N, K, H, W)
 
 
-def build_model(arch: str, n_classes: int, width: float = 1.0) -> nn.Module:
-    """FCN for arch in {"fcn32s", "fcn16s", "fcn8s"} on a 1-channel (L) input."""
+def build(arch: str, n_classes: int, width: float = 1.0) -> nn.Module:
+    """FCN for arch in ARCHS on a 1-channel (mean-centred lightness) input; the
+    registry (models.registry) calls this."""
     return FCN(arch, n_classes, width)
-
-
-def model_settings(model) -> dict:
-    """What a checkpoint stores so that build_model(**settings) rebuilds the model."""
-    return {"arch": model.arch, "n_classes": model.n_classes, "width": model.width}
 
 
 @torch.no_grad()

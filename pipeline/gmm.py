@@ -46,16 +46,22 @@ def save_gmm(path, gmm: dict, **meta) -> None:
 def load_gmm(path) -> dict:
     """Load a mixture saved by save_gmm; never unpickles."""
     with np.load(path, allow_pickle=False) as z:
-        gmm = {k: z[k] for k in ("weights", "means", "covariances")}
-    _check_gmm(gmm, path)
-    return gmm
+        return as_gmm({k: z[k] for k in GMM_KEYS}, path)
 
 
-def _check_gmm(gmm, path):
+GMM_KEYS = ("weights", "means", "covariances")
+
+
+def as_gmm(arrays, where="") -> dict:
+    """{weights (K,), means (K, 2), covariances (K, 2, 2)} as float64 numpy arrays, from any
+    array-likes (lists from a checkpoint, npz entries); a ValueError naming `where` if the
+    shapes are not those of a hue/chroma mixture."""
+    gmm = {k: np.asarray(arrays[k], dtype=np.float64) for k in GMM_KEYS}
     k = len(gmm["weights"])
-    if gmm["means"].shape != (k, 2) or gmm["covariances"].shape != (k, 2, 2):
-        raise ValueError(f"{path}: not a hue/chroma mixture (shapes {gmm['means'].shape}, "
-                         f"{gmm['covariances'].shape})")
+    if gmm["weights"].shape != (k,) or gmm["means"].shape != (k, 2) or gmm["covariances"].shape != (k, 2, 2):
+        raise ValueError(f"{where}: not a hue/chroma mixture (shapes {gmm['weights'].shape}, "
+                         f"{gmm['means'].shape}, {gmm['covariances'].shape})")
+    return gmm
 
 
 def to_sklearn(gmm: dict):

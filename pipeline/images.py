@@ -56,10 +56,19 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "load_rgb",
     "load_rgb_with_size",
-    "image_fingerprint",
 ]
 
 #: Default pixel limit: PIL's own hard limit (2 * Image.MAX_IMAGE_PIXELS).
+#: File name extensions taken as images (plain dataset folders, colorize inputs).
+IMAGE_EXTENSIONS: Final[frozenset[str]] = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
+
+
+def is_image_name(name: str) -> bool:
+    """An image file name by extension; hidden names (".x", macOS "._x") are not."""
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
 DEFAULT_MAX_PIXELS: Final[int] = 89_478_485 * 2
 
 #: Every reason `SkipImage` may carry.
@@ -127,20 +136,6 @@ class SkipImage(Exception):
         return f"{self.reason}: {self.detail}" if self.detail else self.reason
 
 
-def image_fingerprint(path: str | os.PathLike) -> str:
-    """Cheap fingerprint of a file from ``os.stat``: ``"<size>-<mtime_ns>"``.
-
-    Used to detect modified source files without reading them.  A path that
-    does not exist gives ``"missing"`` (so a file appearing later changes the
-    fingerprint), other OS errors propagate.
-    """
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return "missing"
-    return f"{st.st_size}-{st.st_mtime_ns}"
-
-
 def _check_size(w: int, h: int, max_pixels: int) -> None:
     if w <= 0 or h <= 0:
         raise SkipImage("undecodable", f"invalid image size {w} x {h}")
@@ -205,7 +200,7 @@ def _lab_to_srgb():
     )
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
+def to_rgb(im: Image.Image) -> Image.Image:
     """Convert a loaded image of any PIL mode to mode RGB."""
     mode = im.mode
     if mode == "RGB":
@@ -363,7 +358,7 @@ def load_rgb_with_size(
             except Exception:  # corrupt EXIF: not a reason to drop the photo
                 orientation = 1
 
-            rgb = _to_rgb(im)
+            rgb = to_rgb(im)
             dw, dh = rgb.size  # may differ from (w, h) after draft()
             out = rgb.resize(
                 (im_size, im_size),

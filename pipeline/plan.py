@@ -51,7 +51,7 @@ def plan_shards(root, relpaths, shard_size: int, im_size: int, fingerprint: str 
     plans = []
     for group in groups:
         lines = [f"{rp}\t{next(fps)}" for rp in group]
-        plans.append(ShardPlan(signature("lab", im_size=im_size, files=hash_strings(lines)), tuple(group)))
+        plans.append(ShardPlan(signature("shard files", im_size=im_size, files=hash_strings(lines)), tuple(group)))
     return plans
 
 

@@ -1,33 +1,22 @@
 """Signatures that name every output after everything that made it.
 
 Luigi only checks that an output exists, so each output path carries a short
-hash of: the stage's code version, the task's output-affecting parameters, the
-signatures of its inputs and, for source images, their fingerprints
-(pipeline/fingerprint.py).
+hash of: the task class's version, its output-affecting parameters and the
+signatures of every task it requires (tasks.Stage.sig); at the bottom, a shard's
+source images are signed by their fingerprints (pipeline/plan.py,
+pipeline/fingerprint.py).
 Change any of these and the path changes, so exactly the stale stages rerun.
 """
 import hashlib
 import json
 
-# Bump a stage's number when its code changes what it writes; that stage and
-# everything downstream of it then rerun.
-STAGE_VERSIONS = {
-    "lab": 2,        # decode, resize, Lab conversion, shard layout (2: int16 fixed-point Lab)
-    "mean": 1,       # mean lightness estimate
-    "gmm": 1,        # hue/chroma mixture fit
-    "labels": 2,     # low-pass + posteriors (2: reads int16 Lab, batched)
-    "prior": 1,      # empirical cluster prior
-    "train": 1,      # training loop / model definitions
-    "evaluate": 1,   # metrics and report
-}
-
 SIG_LEN = 12
 
 
-def signature(stage: str, **parts) -> str:
-    """Short stable hash of a stage's code version and the given JSON-able parts."""
-    payload = json.dumps({"stage": stage, "version": STAGE_VERSIONS[stage], **parts},
-                         sort_keys=True, default=str)
+def signature(kind: str, **parts) -> str:
+    """Short stable hash of a kind of thing (a task family, "shard files", ...) and the
+    given JSON-able parts (code version, parameters, input signatures)."""
+    payload = json.dumps({"kind": kind, **parts}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:SIG_LEN]
 
 

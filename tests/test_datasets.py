@@ -1,4 +1,4 @@
-"""Tests for pipeline.datasets (CPU only, fast)."""
+"""Tests for pipeline.splits, pipeline.samples and pipeline.synthetic (CPU only, fast)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import datasets
-from pipeline.datasets import (
-    GENERATED_SIZE_RANGE,
-    SAMPLE_PHOTOS,
-    SAMPLE_TINY,
-    SAMPLE_VAL,
-    available_splits,
-    generate_imagenet_like,
-    list_split,
-    materialise_samples,
-    write_split_lists,
-)
+from pipeline import samples as samples_module, splits, synthetic
+from pipeline.samples import SAMPLE_PHOTOS, SAMPLE_TINY, SAMPLE_VAL, materialise_samples
+from pipeline.splits import available_splits, list_split, write_split_lists
+from pipeline.synthetic import GENERATED_SIZE_RANGE, generate_imagenet_like
 from pipeline.images import SkipImage, load_rgb
 
 
@@ -150,11 +142,11 @@ def test_plain_folder_split_is_a_deterministic_partition(tmp_path):
 
 def test_plain_folder_adding_a_file_moves_nothing(tmp_path):
     _plain_folder(tmp_path, 60)
-    before = datasets.plain_folder_splits(tmp_path)
+    before = splits.plain_folder_splits(tmp_path)
     assert before["val"]
     for i in range(20):
         _touch(tmp_path, f"new/extra_{i}.jpg")
-    after = datasets.plain_folder_splits(tmp_path)
+    after = splits.plain_folder_splits(tmp_path)
     for split in ("train", "val"):
         assert set(before[split]) <= set(after[split])
 
@@ -244,13 +236,13 @@ def test_materialise_samples_atomic_on_failure_and_existing_folders(tmp_path, mo
             raise RuntimeError("boom")
         return _fake_photo(name)
 
-    monkeypatch.setattr(datasets, "load_sample_photo", failing)
+    monkeypatch.setattr(samples_module, "load_sample_photo", failing)
     dest = tmp_path / "s"
     with pytest.raises(RuntimeError, match="boom"):
         materialise_samples(dest)
     assert not dest.exists() and _no_temp_leftovers(tmp_path)
 
-    monkeypatch.setattr(datasets, "load_sample_photo", _fake_photo)
+    monkeypatch.setattr(samples_module, "load_sample_photo", _fake_photo)
     dest.mkdir()  # an empty folder is fine
     assert materialise_samples(dest)["created"] is True
 
@@ -333,12 +325,12 @@ def test_generate_parallel_equals_serial(generated):
 
 
 def test_generate_folders_hold_at_most_1000_files():
-    assert datasets._generated_relpath("train", 999) == "train/0000/train_0000999.jpg"
-    assert datasets._generated_relpath("train", 1000) == "train/0001/train_0001000.jpg"
-    assert datasets._n_val(1, 0.1) == 0
-    assert datasets._n_val(2, 0.1) == 1
-    assert datasets._n_val(20000, 0.1) == 2000
-    assert datasets._n_val(3, 0.9) == 2
+    assert synthetic._generated_relpath("train", 999) == "train/0000/train_0000999.jpg"
+    assert synthetic._generated_relpath("train", 1000) == "train/0001/train_0001000.jpg"
+    assert synthetic._n_val(1, 0.1) == 0
+    assert synthetic._n_val(2, 0.1) == 1
+    assert synthetic._n_val(20000, 0.1) == 2000
+    assert synthetic._n_val(3, 0.9) == 2
 
 
 def test_generate_argument_checks(tmp_path):
@@ -370,9 +362,8 @@ def test_odd_files_in_a_plain_folder_are_listed_and_reported(tmp_path):
 
 
 def test_plain_folder_small_split_is_a_stable_subset_of_val(tmp_path):
-    from pipeline import datasets
     for i in range(30):
         (tmp_path / f"img{i:02d}.png").write_bytes(b"x")
     small, val = list_split(tmp_path, "small"), list_split(tmp_path, "val")
     assert small and set(small) <= set(val)
-    assert len(small) == min(len(val), datasets.PLAIN_SMALL_SIZE)
+    assert len(small) == min(len(val), splits.PLAIN_SMALL_SIZE)

@@ -235,7 +235,7 @@ def test_two_processes_match_one_process_at_the_same_global_batch(runs, tmp_path
     # plain BN keys: loads into the plain model.  (Weights are not compared: Adam moves every
     # conv bias before a BN by ~lr per step in the direction of its rounding-noise gradient,
     # so these differ by up to 3 lr = 3e-3 between any two runs that round differently.)
-    assert a["model"].keys() == b["model"].keys()
+    assert a["state_dict"].keys() == b["state_dict"].keys()
 
 
 def test_rank0_writes_the_run_folder(runs):
@@ -265,7 +265,7 @@ def test_resume_under_ddp_matches_the_uninterrupted_run(runs):
     a = load_checkpoint(full / "checkpoint.pt")
     b = load_checkpoint(resumed / "checkpoint.pt")
     assert b["iteration"] == 3
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])   # bit for bit
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])   # bit for bit
 
 
 def test_cli_without_label_shards_is_a_one_line_error(work, tmp_path, capsys):

@@ -7,8 +7,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from models import VGGTrunk, build_model, init_from_fcn, load_vgg16_bn_weights, model_settings
-from models.fcn import bilinear_kernel, bilinear_upsampler, crop
+from models.colorizer import Colorizer
+from models.fcn import bilinear_kernel, bilinear_upsampler, crop, init_from_fcn, load_vgg16_bn_weights
+from models.registry import build_network as build_model
+from models.vgg import VGGTrunk
+from pipeline.gmm import uniform_grid
 
 ARCHS = ["fcn32s", "fcn16s", "fcn8s"]
 W = 1 / 16  # channels 4, 8, 16, 32, 32, fc 256
@@ -50,13 +53,30 @@ def test_trunk_names_and_channels():
     assert pool3.shape == (1, 16, 29, 31) and pool4.shape == (1, 32, 15, 16) and fc7.shape == (1, 256, 2, 2)
 
 
-def test_model_settings_round_trip():
-    model = build_model("fcn16s", n_classes=7, width=W)
-    settings = model_settings(model)
-    assert settings == {"arch": "fcn16s", "n_classes": 7, "width": W}
-    build_model(**settings).load_state_dict(model.state_dict())  # strict: same names and shapes
+def test_colorizer_settings_round_trip_gives_the_same_outputs():
+    torch.manual_seed(0)
+    colorizer = Colorizer("fcn16s", n_classes=9, width=W, im_size=32, mean_L=47.5, gmm=uniform_grid(9)).eval()
+    for p in colorizer.parameters():             # the fresh skip layers are zero: make them count
+        if p.requires_grad:
+            p.data.normal_(0, 0.05)
+    settings = colorizer.settings()
+    assert {k: settings[k] for k in ("arch", "n_classes", "width", "im_size", "mean_L")} == \
+        {"arch": "fcn16s", "n_classes": 9, "width": W, "im_size": 32, "mean_L": 47.5}
+    copy = Colorizer.from_checkpoint({"settings": settings, "state_dict": colorizer.state_dict()}).eval()
+    L = torch.rand(2, 1, 32, 32) * 100
+    with torch.no_grad():
+        torch.testing.assert_close(copy(L), colorizer(L), rtol=0, atol=0)
+    torch.testing.assert_close(copy.posteriors(L), colorizer.posteriors(L), rtol=0, atol=0)
     with pytest.raises(ValueError):
         build_model("fcn4s", 7)
+
+
+def test_colorizer_centres_its_input_with_the_mean_lightness():
+    torch.manual_seed(0)
+    colorizer = Colorizer("fcn32s", n_classes=4, width=W, im_size=32, mean_L=40.0, gmm=uniform_grid(4)).eval()
+    L = torch.rand(1, 1, 32, 32) * 100
+    with torch.no_grad():
+        torch.testing.assert_close(colorizer(L), colorizer.net(L - 40.0))
 
 
 def test_crop_pads_past_the_edge():

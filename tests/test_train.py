@@ -15,12 +15,17 @@ from pipeline.config import resolve_config
 from pipeline.gmm import fit_gmm
 from pipeline.labels import target_posteriors
 from pipeline.shards import decode_lab, encode_lab, write_shard
-from train.checkpoint import load_checkpoint, rng_states, save_checkpoint, set_rng_states
+from models.colorizer import Colorizer
+from models.decoders import cluster_centres_ab, decode, upsample_posteriors as upsample_targets
+from models.device import resolve_device
+from pipeline.run_inputs import RunInputs
+from train.checkpoint import load_checkpoint, save_checkpoint
 from train.data import EpochSampler, ShardDataset, make_loader
-from train.loop import (LOG_COLUMNS, _truncate_log, evaluate, fit, is_better, kl_loss,
-                        load_model_from_checkpoint, new_train_state, resolve_device,
-                        seed_everything, train_one_epoch, upsample_targets)
+from train.fit import TrainState, evaluate, fit, is_better, train_one_epoch
+from train.loss import kl_loss
 from train.metrics import ConfusionMeter, confusion_matrix, scores
+from train.rng import rng_states, seed_everything, set_rng_states
+from train.runlog import LOG_COLUMNS, truncate_log as _truncate_log
 from train.visual import region_average, tile_image
 
 CPU = torch.device("cpu")
@@ -66,6 +71,17 @@ def _build_shards(folder, names, factor, per_shard=4, empty_shard=True):
         pairs.insert(1, (str(e_lab), str(e_label)))
     return {"train": pairs, "val": pairs, "mean_L": float(lab[..., 0].mean()), "gmm": gmm,
             "n_clusters": K}
+
+
+def _inputs(data, cfg, arch="fcn32s", init=None, class_weights=None):
+    """The RunInputs a prepared run folder would hold for these shards."""
+    return RunInputs(arch=arch, cfg=dict(cfg), train=data["train"], val=data["val"], mean_L=data["mean_L"],
+                     gmm={k: np.asarray(v).tolist() for k, v in data["gmm"].items()},
+                     init_checkpoint=init, class_weights=class_weights)
+
+
+def _colorizer(data, arch, cfg):
+    return Colorizer(arch, K, cfg["width"], cfg["im_size"], data["mean_L"], data["gmm"])
 
 
 @pytest.fixture(scope="module")
@@ -206,11 +222,11 @@ def _synthetic_shards(folder, n=5, size=8, small=4):
 
 def test_dataset_shapes_index_and_unflipped(tmp_path):
     pairs, L = _synthetic_shards(tmp_path)
-    ds = ShardDataset(pairs, mean_L=50.0, flip=False)
+    ds = ShardDataset(pairs, flip=False)
     assert len(ds) == 5 and (ds.image_size, ds.target_size, ds.n_classes) == (8, 4, 2)
     x, t = ds[4]                                                     # second shard, row 1
     assert x.dtype == torch.float32 and x.shape == (1, 8, 8) and t.shape == (2, 4, 4)
-    np.testing.assert_allclose(x[0].numpy(), decode_lab(encode_lab(L[4])) - 50.0)
+    np.testing.assert_allclose(x[0].numpy(), decode_lab(encode_lab(L[4])))   # raw L: the Colorizer centres it
     torch.testing.assert_close(t.sum(0), torch.ones(4, 4), atol=2e-3, rtol=0)
     v = ds.get_visual(4)
     assert v["ab"].shape == (2, 8, 8) and v["path"] == "4.png" and v["posteriors"].shape == (2, 4, 4)
@@ -220,7 +236,7 @@ def test_dataset_shapes_index_and_unflipped(tmp_path):
 
 def test_flip_applies_to_input_and_target_together(tmp_path):
     pairs, _ = _synthetic_shards(tmp_path)
-    ds = ShardDataset(pairs, mean_L=50.0, flip=True)
+    ds = ShardDataset(pairs, flip=True)
     torch.manual_seed(0)
     flipped = []
     for i in range(40):
@@ -236,7 +252,7 @@ def test_flip_applies_to_input_and_target_together(tmp_path):
 
 
 def test_dataset_pickles_and_workers_match_main_process(photos6):
-    ds = ShardDataset(photos6["train"], photos6["mean_L"], flip=True)
+    ds = ShardDataset(photos6["train"], flip=True)
     assert len(ds) == 6                                              # the empty shard is skipped
     ds[0]                                                            # opens handles ...
     clone = pickle.loads(pickle.dumps(ds))                           # ... which are not pickled
@@ -285,8 +301,7 @@ def test_device_auto_and_cuda_fallback_log():
         pytest.skip("CUDA present: the fallback path is not taken")
     assert resolve_device("cuda", lines.append).type == "cpu"
     assert resolve_device("auto", lines.append).type == "cpu"
-    assert any("falling back to CPU" in line for line in lines)
-    assert any("training runs on CPU" in line for line in lines)
+    assert any("CUDA is not available: using the CPU" in line for line in lines)
 
 
 def test_is_better_keeps_the_lowest_validation_loss():
@@ -316,7 +331,7 @@ def test_fit_is_deterministic_and_writes_its_run_folder(tmp_path, photos6):
     cfg = _cfg(max_iteration=6, interval_validate=3)
     # the same run twice, then with 2 loader workers: flips are seeded per sample, so the
     # number of workers does not change the run either
-    results = [fit(tmp_path / f"run{i}", cfg, "fcn32s", photos6, device="cpu", log=QUIET,
+    results = [fit(tmp_path / f"run{i}", _inputs(photos6, cfg, "fcn32s"), device="cpu", log=QUIET,
                    loader_workers=workers) for i, workers in enumerate((0, 0, 2))]
     logs = [_log(tmp_path / f"run{i}") for i in range(3)]
     for other in logs[1:]:
@@ -332,7 +347,7 @@ def test_fit_is_deterministic_and_writes_its_run_folder(tmp_path, photos6):
     conf = json.loads((run / "config.json").read_text())
     assert conf["arch"] == "fcn32s" and conf["data"]["n_train"] == 6 and conf["cfg"]["lr"] == 1e-3
     assert set(conf["git"]) == {"revision", "dirty"} and conf["git"]["revision"]
-    for name in ("checkpoint.pt", "best.pt", "loss.png", "iou.png", "summary.json",
+    for name in ("checkpoint.pt", "best.pt", "loss.png", "iou.png", "done.json",
                  "tiles/iter000003.jpg", "tiles/iter000006.jpg"):
         assert (run / name).is_file(), name
     assert list((run / "tb").glob("events.out.tfevents.*"))
@@ -346,7 +361,7 @@ def test_fit_is_deterministic_and_writes_its_run_folder(tmp_path, photos6):
 
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, photos6):
     cfg = _cfg(max_iteration=20, interval_validate=5)
-    full = fit(tmp_path / "full", cfg, "fcn32s", photos6, device="cpu", log=QUIET)
+    full = fit(tmp_path / "full", _inputs(photos6, cfg, "fcn32s"), device="cpu", log=QUIET)
 
     class Crash(Exception):
         pass
@@ -356,13 +371,13 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, photos6):
             raise Crash()
     run = tmp_path / "crashed"
     with pytest.raises(Crash):
-        fit(run, cfg, "fcn32s", photos6, device="cpu", log=QUIET, on_step=crash_at_12)
+        fit(run, _inputs(photos6, cfg, "fcn32s"), device="cpu", log=QUIET, on_step=crash_at_12)
     assert load_checkpoint(run / "checkpoint.pt")["iteration"] == 10
     assert load_checkpoint(run / "checkpoint.pt")["position"] == 2   # mid-epoch: 3 steps per epoch
     with open(run / "log.csv", "a") as f:                            # a row logged after the checkpoint
         f.write("15,4,train,9.9,0,0,0,0,0.001,1.0\n")
     seen = []
-    resumed = fit(run, cfg, "fcn32s", photos6, device="cpu", log=QUIET,
+    resumed = fit(run, _inputs(photos6, cfg, "fcn32s"), device="cpu", log=QUIET,
                   on_step=lambda it, total, loss: seen.append(it))
     assert seen == list(range(11, 21)) and resumed["resumed_from"] == 10
 
@@ -370,19 +385,19 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, photos6):
     assert [(int(r["iteration"]), r["split"]) for r in rows] == [
         (it, s) for it in (5, 10, 15, 20) for s in ("train", "valid")]
     assert [r["loss"] for r in rows] == [r["loss"] for r in _log(tmp_path / "full")]
-    a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")["model"]
-    b = load_checkpoint(run / "checkpoint.pt")["model"]
+    a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")["state_dict"]
+    b = load_checkpoint(run / "checkpoint.pt")["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)                   # same final weights
     assert resumed["best_val_loss"] == full["best_val_loss"]
 
     # stop_after ends a session at a checkpoint; the next call completes the run
     run2 = tmp_path / "stopped"
-    part = fit(run2, cfg, "fcn32s", photos6, device="cpu", log=QUIET, stop_after=10)
-    assert part["iterations"] == 10 and not part["complete"] and not (run2 / "summary.json").exists()
-    fit(run2, cfg, "fcn32s", photos6, device="cpu", log=QUIET)
-    c = load_checkpoint(run2 / "checkpoint.pt")["model"]
+    part = fit(run2, _inputs(photos6, cfg, "fcn32s"), device="cpu", log=QUIET, stop_after=10)
+    assert part["iterations"] == 10 and not part["complete"] and not (run2 / "done.json").exists()
+    fit(run2, _inputs(photos6, cfg, "fcn32s"), device="cpu", log=QUIET)
+    c = load_checkpoint(run2 / "checkpoint.pt")["state_dict"]
     assert all(torch.equal(a[k], c[k]) for k in a)
-    again = fit(run2, cfg, "fcn32s", photos6, device="cpu", log=QUIET)   # finished: nothing to do
+    again = fit(run2, _inputs(photos6, cfg, "fcn32s"), device="cpu", log=QUIET)   # finished: nothing to do
     assert again["iterations"] == 20 and len(_log(run2)) == 8
 
     # best.pt is the LOWEST validation loss of the log
@@ -392,7 +407,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, photos6):
     assert best["best_loss"] == pytest.approx(min(valid)[0])
 
     with pytest.raises(ValueError, match="lr"):                      # another experiment: refused
-        fit(run, _cfg(max_iteration=20, interval_validate=5, lr=5e-3), "fcn32s", photos6,
+        fit(run, _inputs(photos6, _cfg(max_iteration=20, interval_validate=5, lr=5e-3)),
             device="cpu", log=QUIET)
 
 
@@ -403,10 +418,9 @@ OVERFIT = dict(lr=1e-3, weight_decay=0.0, batch_size=4, max_iteration=150, inter
 
 def _initial_loss(data, arch, cfg):
     """Validation loss of the freshly initialised network fit starts from (same seed)."""
-    from models.fcn import build_model
     seed_everything(cfg["seed"])
-    model = build_model(arch, K, cfg["width"])
-    ds = ShardDataset(data["val"], data["mean_L"], flip=False)
+    model = _colorizer(data, arch, cfg)
+    ds = ShardDataset(data["val"], flip=False)
     return evaluate(model, make_loader(ds, 4, False, 0, 0), CPU, K)["loss"]
 
 
@@ -414,7 +428,7 @@ def _initial_loss(data, arch, cfg):
 def overfit32(tmp_path_factory, photos4):
     cfg = resolve_config(102, OVERFIT)
     run = tmp_path_factory.mktemp("overfit") / "fcn32s"
-    result = fit(run, cfg, "fcn32s", photos4, device="cpu", log=QUIET)
+    result = fit(run, _inputs(photos4, cfg, "fcn32s"), device="cpu", log=QUIET)
     return cfg, run, result, _initial_loss(photos4, "fcn32s", cfg)
 
 
@@ -436,7 +450,7 @@ def test_targets_unrelated_to_the_input_cannot_be_fitted(photos4):
     carries no information about the target.  (A fixed permutation of targets is no control:
     4 images are memorised just as well, IoU ~0.89 when measured; a frozen random trunk with
     a trained score layer also reached IoU ~0.87 -- random features suffice for 4 images.)"""
-    ds = ShardDataset(photos4["train"], photos4["mean_L"], flip=False)
+    ds = ShardDataset(photos4["train"], flip=False)
 
     class Repaired(torch.utils.data.Dataset):
         def __len__(self):
@@ -448,14 +462,13 @@ def test_targets_unrelated_to_the_input_cannot_be_fitted(photos4):
 
     cfg = dict(resolve_config(102, OVERFIT), max_iteration=100)
     seed_everything(0)
-    from models.fcn import build_model
-    model = build_model("fcn32s", K, cfg["width"])
+    model = _colorizer(photos4, "fcn32s", cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     loader = make_loader(Repaired(), 4, shuffle=True, workers=0, seed=0, drop_last=True)
-    state = new_train_state(K, CPU)
-    while state["iteration"] < cfg["max_iteration"]:
-        loader.sampler.set_epoch(state["epoch"], start=state["position"])
-        train_one_epoch(model, loader, optimizer, CPU, state, cfg)
+    state = TrainState(meter=ConfusionMeter(K, CPU))
+    while state.iteration < cfg["max_iteration"]:
+        loader.sampler.set_epoch(state.epoch, start=state.position)
+        train_one_epoch(model, loader, optimizer, CPU, state, cfg["max_iteration"])
     result = evaluate(model, make_loader(ds, 4, False, 0, 0), CPU, K)
     print(f"\nre-paired targets: loss {result['loss']:.4f}, mean IoU {result['mean_iu']:.3f}")
     assert result["mean_iu"] < 0.5
@@ -464,14 +477,14 @@ def test_targets_unrelated_to_the_input_cannot_be_fitted(photos4):
 def test_fcn16s_from_fcn32s_does_not_get_worse(tmp_path, overfit32, photos4):
     cfg32, run32, result32, _ = overfit32
     cfg = dict(cfg32, lr=3e-4, max_iteration=100)
-    result = fit(tmp_path / "fcn16s", cfg, "fcn16s", photos4, init_checkpoint=str(run32 / "best.pt"),
+    result = fit(tmp_path / "fcn16s", _inputs(photos4, cfg, "fcn16s", init=str(run32 / "best.pt")),
                  device="cpu", log=QUIET)
     print(f"\nFCN-16s: best {result['best_val_loss']:.4f}, final {result['final']['loss']:.4f} "
           f"(IoU {result['final']['mean_iu']:.3f}) vs FCN-32s best {result32['best_val_loss']:.4f}")
     assert result["best_val_loss"] <= result32["best_val_loss"]
     assert result["final"]["loss"] <= result32["best_val_loss"]
-    model = load_model_from_checkpoint(tmp_path / "fcn16s" / "best.pt")
-    assert model.arch == "fcn16s"
+    model = Colorizer.from_checkpoint(load_checkpoint(tmp_path / "fcn16s" / "best.pt"))
+    assert model.arch == "fcn16s" and model.settings()["mean_L"] == photos4["mean_L"]
 
 
 # ----------------------------------------------------------------------------- visual
@@ -485,16 +498,17 @@ def test_region_average_and_tile_layout(photos4):
     out = region_average(rgb, labels, 3)
     assert tuple(out[1, 0]) == (175, 0, 12) and tuple(out[0, 3]) == (0, 0, 100)
 
-    ds = ShardDataset(photos4["train"], photos4["mean_L"], flip=False)
+    ds = ShardDataset(photos4["train"], flip=False)
     v = ds.get_visual(0)
     from pipeline.color import lab_to_rgb
     true = lab_to_rgb(np.concatenate([v["L"][..., None], np.moveaxis(v["ab"], 0, -1)], -1))
     perfect = upsample_targets(torch.from_numpy(v["posteriors"])[None], (SIZE, SIZE))[0].numpy()
-    tile = tile_image(true, v["posteriors"], v["L"], perfect, photos4["gmm"])
+    centres = torch.as_tensor(cluster_centres_ab(photos4["gmm"]))
+    tile = tile_image(true, v["posteriors"], v["L"], perfect, decode(torch.as_tensor(perfect), centres, "mean").numpy())
     assert tile.dtype == np.uint8 and tile.shape == (SIZE, 5 * SIZE + 4 * 2, 3)   # 5 panels, 2 px gaps
     step = SIZE + 2
     np.testing.assert_array_equal(tile[:, :SIZE], true)
     np.testing.assert_array_equal(tile[:, step:step + SIZE], tile[:, 3 * step:3 * step + SIZE])
     gray = tile[:, 2 * step:2 * step + SIZE]
     assert (gray[..., 0] == gray[..., 1]).all()
-    assert tile_image(true, v["posteriors"], v["L"], perfect, photos4["gmm"], decoded=False).shape[1] == 4 * step - 2
+    assert tile_image(true, v["posteriors"], v["L"], perfect).shape[1] == 4 * step - 2

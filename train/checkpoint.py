@@ -1,14 +1,10 @@
 """Checkpoints that load with torch.load(weights_only=True).
 
 A checkpoint is a dict of tensors and plain Python values only (no numpy
-arrays, no pickled classes), so loading one can never run code.  The numpy and
-Python RNG states are converted to lists/ints for that reason, and back on
-restore.  Files are written through pipeline.atomic.atomic_path (temporary file
+arrays, no pickled classes), so loading one can never run code (train.rng keeps
+the RNG states in that form).  Files are written through pipeline.atomic.atomic_path (temporary file
 + rename): a crash mid-save leaves the previous checkpoint intact.
 """
-import random
-
-import numpy as np
 import torch
 
 from pipeline.atomic import atomic_path
@@ -26,49 +22,3 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - re-raised with the path
         raise RuntimeError(f"cannot load checkpoint {path}: {e}") from e
-
-
-def numpy_rng_state() -> dict:
-    """np.random's global MT19937 state as plain Python values."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-            "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
-
-
-def set_numpy_rng_state(state: dict) -> None:
-    keys = state["keys"].numpy().astype(np.uint32)
-    np.random.set_state((state["name"], keys, state["pos"], state["has_gauss"],
-                         state["cached_gaussian"]))
-
-
-def python_rng_state() -> dict:
-    version, internal, gauss_next = random.getstate()
-    return {"version": int(version), "internal": list(internal), "gauss_next": gauss_next}
-
-
-def set_python_rng_state(state: dict) -> None:
-    random.setstate((state["version"], tuple(state["internal"]), state["gauss_next"]))
-
-
-def rng_states(loader_generator=None) -> dict:
-    """Every RNG a run draws from: torch (CPU and, if initialised, CUDA), numpy, python,
-    and the DataLoader's generator."""
-    states = {"torch": torch.get_rng_state(), "numpy": numpy_rng_state(),
-              "python": python_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    if loader_generator is not None:
-        states["loader"] = loader_generator.get_state()
-    return states
-
-
-def set_rng_states(states: dict, loader_generator=None) -> None:
-    torch.set_rng_state(states["torch"].cpu())
-    set_numpy_rng_state(states["numpy"])
-    set_python_rng_state(states["python"])
-    if "cuda" in states and torch.cuda.is_available():
-        cuda = states["cuda"]
-        if len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
-    if loader_generator is not None and "loader" in states:
-        loader_generator.set_state(states["loader"].cpu())

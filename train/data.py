@@ -43,15 +43,14 @@ class ShardDataset(Dataset):
     """All images of the given (lab shard, label shard) pairs, in order.
 
     __getitem__(i) -> (x, target):
-      x       float32 (1, S, S): lightness L minus mean_L
+      x       float32 (1, S, S): lightness L in [0, 100] (the Colorizer centres it)
       target  float32 (K, s, s): cluster posteriors at the target resolution
     `i` may also be a pair (i, seed) (as yielded by EpochSampler): the flip is
     then drawn from a generator seeded with `seed` instead of torch's global RNG.
     """
 
-    def __init__(self, pairs, mean_L: float, flip: bool):
+    def __init__(self, pairs, flip: bool):
         self.pairs = [(str(lab), str(label)) for lab, label in pairs]
-        self.mean_L = float(mean_L)
         self.flip = bool(flip)
         shard_ids, rows = [], []
         self.image_size = self.target_size = self.n_classes = None
@@ -135,9 +134,8 @@ class ShardDataset(Dataset):
         index = int(index)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")
-        L = torch.from_numpy(decode_lab(self._read(0, "L", index)))
+        x = torch.from_numpy(decode_lab(self._read(0, "L", index))).unsqueeze(0)
         target = torch.from_numpy(self._read(1, "posteriors", index).astype(np.float32))
-        x = (L - self.mean_L).unsqueeze(0)
         if self.flip:
             gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
             if torch.rand((), generator=gen) < 0.5:

@@ -18,20 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from models.decoders import upsample_posteriors
 from pipeline.atomic import atomic_path
-from pipeline.color import hue_chroma_to_ab, lab_to_rgb
+from pipeline.color import lab_to_rgb
 
 _SEP = 2  # pixels of white between panels and rows
-
-
-def _upsample(post, size):
-    """(K, h, w) posteriors -> (K, size, size) float32, bilinear (still distributions)."""
-    post = torch.as_tensor(np.asarray(post, dtype=np.float32))
-    if tuple(post.shape[1:]) != (size, size):
-        post = F.interpolate(post[None], size=(size, size), mode="bilinear", align_corners=False)[0]
-    return post.numpy()
 
 
 def region_average(rgb, labels, n_classes):
@@ -46,35 +38,45 @@ def region_average(rgb, labels, n_classes):
     return np.round(out).astype(np.uint8)[labels]
 
 
-def decode_colour(L, post, gmm):
-    """(S, S) lightness + (K, S, S) posteriors -> (S, S, 3) uint8 RGB, posterior-weighted
-    mean of the cluster centres in (a, b)."""
-    centres_ab = hue_chroma_to_ab(np.asarray(gmm["means"], dtype=np.float32))   # (K, 2)
-    ab = np.einsum("khw,kc->hwc", post, centres_ab)
-    return lab_to_rgb(np.concatenate([np.asarray(L)[..., None], ab], axis=-1))
-
-
-def tile_image(rgb_true, target_post, L, pred_post, gmm, decoded: bool = True) -> np.ndarray:
+def tile_image(rgb_true, target_post, L, pred_post, pred_ab=None) -> np.ndarray:
     """One row of panels as an (S, n*S + gaps, 3) uint8 image.
 
     rgb_true (S, S, 3) uint8; target_post (K, s, s) at the target resolution;
-    L (S, S) lightness 0..100; pred_post (K, S', S') predicted posteriors (softmax),
-    upsampled to S as needed; gmm the mixture (needed for the decoded panel).
+    L (S, S) lightness 0..100; pred_post (K, S', S') predicted posteriors (softmax);
+    both upsampled to S as the loss does; pred_ab (2, S, S): the decoded prediction
+    (the last panel, omitted when None).
     """
     rgb_true = np.asarray(rgb_true, dtype=np.uint8)
     size = rgb_true.shape[0]
     n_classes = np.asarray(target_post).shape[0]
-    target = _upsample(target_post, size)
-    pred = _upsample(pred_post, size)
-    gray = lab_to_rgb(np.stack([np.asarray(L, np.float32), np.zeros((size, size), np.float32),
-                                np.zeros((size, size), np.float32)], axis=-1))
+    target, pred = (upsample_posteriors(torch.as_tensor(np.asarray(p, np.float32))[None], (size, size))[0].numpy()
+                    for p in (target_post, pred_post))
+    zeros = np.zeros((size, size), np.float32)
     panels = [rgb_true,
               region_average(rgb_true, target.argmax(0), n_classes),
-              gray,
+              lab_to_rgb(np.stack([np.asarray(L, np.float32), zeros, zeros], axis=-1)),
               region_average(rgb_true, pred.argmax(0), n_classes)]
-    if decoded:
-        panels.append(decode_colour(L, pred, gmm))
+    if pred_ab is not None:
+        panels.append(lab_to_rgb(np.concatenate([np.asarray(L, np.float32)[..., None],
+                                                 np.moveaxis(np.asarray(pred_ab, np.float32), 0, -1)], -1)))
     return hstack(panels)
+
+
+@torch.inference_mode()
+def validation_tiles(colorizer, dataset, n: int) -> np.ndarray:
+    """Tile rows of the first n images of a ShardDataset, as the colorizer sees them now
+    (eval mode; its training mode is restored)."""
+    was_training = colorizer.training
+    colorizer.eval()
+    rows = []
+    for i in range(min(n, len(dataset))):
+        v = dataset.get_visual(i)
+        post = colorizer.posteriors(v["L"][None])                  # (1, K, S, S)
+        ab = colorizer.decode(post, "mean")[0].cpu().numpy()
+        rgb = lab_to_rgb(np.concatenate([v["L"][..., None], np.moveaxis(v["ab"], 0, -1)], -1))
+        rows.append(tile_image(rgb, v["posteriors"], v["L"], post[0].cpu().numpy(), ab))
+    colorizer.train(was_training)
+    return tile_grid(rows)
 
 
 def hstack(images, gap=_SEP):

@@ -1,8 +1,8 @@
-"""`colorize-fcn` command line (also `python -m pipeline ...`).
+"""`colorize-fcn` command line (also `python -m inference ...`).
 
     colorize-fcn colorize --model RUN_DIR_OR_CHECKPOINT INPUT... --out DIR
                           [--decoder max|mean|annealed] [--temperature 0.38]
-                          [--batch-size N] [--device auto] [--gmm GMM.npz] [--mean-l X]
+                          [--batch-size N] [--device auto]
 
 INPUTs are files, folders (searched recursively for image files) and glob
 patterns (quote them so the shell leaves them alone, e.g. 'photos/**/*.jpg').
@@ -16,7 +16,7 @@ model could not be loaded.
 import argparse
 import sys
 
-from .decode import DECODERS, DEFAULT_DECODER, DEFAULT_TEMPERATURE
+from models.registry import DECODERS, DEFAULT_DECODER, DEFAULT_TEMPERATURE   # no torch: --help stays fast
 
 
 def _positive_float(text):
@@ -55,15 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="RUN_DIR_OR_CHECKPOINT",
                    help="a training run folder (its best.pt is used) or a checkpoint file")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the colorized PNGs")
-    p.add_argument("--decoder", choices=DECODERS, default=DEFAULT_DECODER,
+    p.add_argument("--decoder", choices=list(DECODERS), default=DEFAULT_DECODER,
                    help=f"posteriors -> colour (default {DEFAULT_DECODER})")
     p.add_argument("--temperature", type=_positive_float, default=DEFAULT_TEMPERATURE,
                    help=f"annealed-mean temperature (default {DEFAULT_TEMPERATURE}, Zhang et al.)")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="images per network batch (default 8)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--threads", type=_positive_int, default=4, help="decode/write threads (default 4)")
-    p.add_argument("--gmm", metavar="NPZ", help="the run's GMM, if it cannot be found next to the run")
-    p.add_argument("--mean-l", type=float, metavar="X", help="the run's mean lightness, if not in the run")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -73,20 +71,24 @@ def _warn(msg):
 
 
 def cmd_colorize(args) -> int:
-    from .colorize import ModelError, collect_inputs, colorize_items, load_colour_model, print_error
-    from .progress import Progress
+    from pipeline.progress import Progress
+    from .api import ModelError, load_colorizer
+    from .files import collect_inputs, colorize_items, print_error
     try:
-        cm = load_colour_model(args.model, args.device, gmm_path=args.gmm, mean_L=args.mean_l, warn=_warn)
+        model = load_colorizer(args.model, args.device, warn=_warn)
     except (ModelError, OSError, ValueError) as e:
         sys.stderr.write(f"colorize-fcn: error: cannot load model {args.model}: {' '.join(str(e).split())}\n")
         return 2
+    if not model.finished:
+        _warn(f"{model.source} comes from an unfinished run (iteration {model.iteration} of "
+              f"{model.max_iteration}): its colours may improve when training completes")
     items, errors = collect_inputs(args.inputs, args.out)
     for raw, msg in errors:
         print_error(raw, msg)
     if not args.quiet:
         sys.stderr.write(f"colorize-fcn: {len(items)} image(s) -> {args.out} ({args.decoder} decoder"
                          f"{f', T={args.temperature}' if args.decoder == 'annealed' else ''}, "
-                         f"network size {cm.im_size}, {cm.device}; GMM: {cm.sources['gmm']})\n")
+                         f"network size {model.im_size}, {model.device})\n")
     bar = None if args.quiet or not items else Progress(len(items), "colorize")
 
     def done(src, dst):
@@ -97,7 +99,7 @@ def cmd_colorize(args) -> int:
         print_error(src, msg)
         done(src, None)
 
-    result = colorize_items(cm, items, args.decoder, args.temperature, args.batch_size, args.threads,
+    result = colorize_items(model, items, args.decoder, args.temperature, args.batch_size, args.threads,
                             on_done=done, on_error=failed)
     n_failed = len(result["failed"]) + len(errors)
     if not args.quiet:

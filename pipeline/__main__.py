@@ -1,6 +1,0 @@
-"""`python -m pipeline colorize ...`: the same as the `colorize-fcn` console script."""
-import sys
-
-from .cli import main
-
-sys.exit(main())

@@ -1,0 +1,430 @@
+"""Iteration-based training of a Colorizer: fit, train_one_epoch, evaluate, validate.
+
+fit() runs cfg["max_iteration"] optimiser steps.  Every cfg["interval_validate"]
+steps, and at the last step, it evaluates on the WHOLE validation split and
+writes, in this order: two log.csv rows (train.runlog), TensorBoard scalars, a
+tile image, best.pt (when the validation loss is the lowest so far), checkpoint.pt.
+Rerunning fit on a run_dir holding checkpoint.pt resumes from it: weights,
+optimiser, iteration, epoch and position inside it, best loss and every RNG are
+restored, log rows written after the checkpoint are dropped, and the run ends at
+the same weights an uninterrupted run reaches (on CPU).
+
+Distributed (fit(..., distributed=True) inside an initialised torch.distributed process
+group, see train/distributed.py): cfg["batch_size"] is the GLOBAL batch, split evenly over
+the ranks; BatchNorm becomes SyncBatchNorm and the colorizer is wrapped in
+DistributedDataParallel; per-step losses and the train confusion matrix are all-reduced;
+every rank evaluates its share of the validation split and the loss sums and confusion
+matrices are all-reduced; rank 0 alone writes the run folder.  `iteration`, `epoch` and
+`position` (images of the epoch consumed by all ranks together) mean what they mean in a
+single process, so a checkpoint resumes with any number of ranks.
+
+Run folder:
+  inputs.json        what the run trains on (pipeline.run_inputs; written before fit)
+  config.json        resolved cfg, arch, data sizes, git revision + dirty flag
+  log.csv            train.runlog.LOG_COLUMNS
+  checkpoint.pt      latest validation: everything needed to resume
+  best.pt            lowest validation loss so far: the Colorizer (settings + weights)
+  tb/                TensorBoard events
+  tiles/iterNNNNNN.jpg   colour | target clusters | gray | predicted clusters | decoded colour
+  loss.png, iou.png  curves from log.csv (written at the end)
+  done.json          the dict fit returns, written last, once max_iteration is reached
+                     (the Luigi training task's output: the run is complete)
+"""
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.colorizer import Colorizer
+from models.device import autocast, resolve_device
+from models.fcn import init_from_fcn, load_vgg16_bn_weights
+from pipeline.atomic import remove_stale_temporaries, write_text_atomic
+from pipeline.progress import Progress
+
+from . import ddp
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import ShardDataset, make_loader
+from .loss import kl_loss
+from .metrics import ConfusionMeter
+from .rng import rng_states, seed_everything, set_rng_states
+from .runlog import append_rows, git_info, plain, truncate_log, write_config
+from .visual import plot_curves, save_jpeg, validation_tiles
+
+# cfg keys that may change between a run and its resumption (extend / re-space a run);
+# any other difference means a different experiment and is refused.
+RESUMABLE_CHANGES = ("max_iteration", "interval_validate", "config", "init_config")
+N_VISUAL = 4                  # validation images drawn in each tile image
+SCORE_KEYS = ("loss", "acc", "acc_cls", "mean_iu", "fwavacc")
+
+
+@dataclass
+class TrainState:
+    """Everything fit and train_one_epoch share while training (and a checkpoint restores)."""
+    meter: ConfusionMeter                 # train confusion matrix since the last validation
+    world_size: int = 1                   # ranks; batches are per-rank shares of the global batch
+    class_weights: torch.Tensor = None    # (K,) rebalancing weights or None
+    iteration: int = 0                    # optimiser steps done
+    epoch: int = 0                        # pass over the training set in progress
+    position: int = 0                     # images of that epoch consumed (all ranks together)
+    images: int = 0                       # images trained on in this session
+    stop: bool = False                    # set to end the session after the current step
+    loss_sum: float = 0.0                 # summed step losses since the last validation
+    steps: int = 0                        # steps since the last validation
+    best_loss: float = None               # lowest validation loss so far ...
+    best_iteration: int = None            # ... and where
+    last_val: dict = None                 # the latest validation row
+    elapsed_before: float = 0.0           # seconds spent in earlier sessions of this run
+    loader_rng: torch.Tensor = field(default=None, repr=False)   # loader generator at epoch start
+
+
+def is_better(val_loss, best_loss) -> bool:
+    """True when val_loss is a new best: finite and strictly LOWER than the best so far.
+    (The original kept its 'best' model when the validation loss went up.)"""
+    return val_loss is not None and math.isfinite(val_loss) and (best_loss is None or val_loss < best_loss)
+
+
+def make_optimizer(model, cfg):
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg["optim"] == "adam":
+        return torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    if cfg["optim"] == "sgd":
+        return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"],
+                               weight_decay=cfg["weight_decay"])
+    raise ValueError(f"optim must be 'adam' or 'sgd', got {cfg['optim']!r}")
+
+
+def _to_device(x, target, device):
+    cuda = device.type == "cuda"
+    x = x.to(device, non_blocking=cuda)
+    if cuda:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, target.to(device, non_blocking=cuda)
+
+
+# ----------------------------------------------------------------------------- steps
+def train_one_epoch(model, loader, optimizer, device, state: TrainState, max_iteration: int,
+                    on_step=None) -> int:
+    """Train on the rest of the current epoch (loader.sampler already positioned), stopping
+    early at max_iteration steps or when state.stop is set.
+
+    Per step: state.iteration += 1, state.position += the global batch, the step's loss
+    (the mean over ranks) and this rank's confusion matrix are accumulated into state,
+    then on_step(iteration, max_iteration, loss) is called (fit validates and checkpoints
+    from there).  When the epoch is exhausted, state.epoch += 1 and state.position = 0.
+    Returns the number of steps taken."""
+    steps = 0
+    for x, target in loader:
+        if state.iteration >= max_iteration or state.stop:
+            return steps
+        model.train()                                     # on_step may have run an evaluation
+        x, target = _to_device(x, target, device)
+        with autocast(device):
+            scores = model(x)
+        loss, labels = kl_loss(scores, target, state.class_weights, return_labels=True)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        steps += 1
+        state.iteration += 1
+        state.position += x.shape[0] * state.world_size
+        state.images += x.shape[0] * state.world_size
+        loss_value = loss.item() if state.world_size == 1 else ddp.mean_over_ranks(loss)
+        state.loss_sum += loss_value
+        state.steps += 1
+        state.meter.update(scores.detach(), labels)
+        if on_step is not None:
+            on_step(state.iteration, max_iteration, loss_value)
+        if state.iteration >= max_iteration or state.stop:
+            return steps
+    state.epoch += 1
+    state.position = 0
+    return steps
+
+
+@torch.inference_mode()
+def evaluate(model, loader, device, n_classes, class_weights=None, all_reduce=False) -> dict:
+    """Eval-mode loss and scores over every image of `loader`:
+    dict(loss, acc, acc_cls, mean_iu, fwavacc), loss = mean KL over all pixels.
+    all_reduce: `loader` holds this rank's share of the split; the loss sums, image counts
+    and confusion matrices of all ranks are summed (every rank gets the split's scores).
+    Pass the bare model, not a DistributedDataParallel wrapper (ranks may hold unequal
+    shares, so no collective may run per batch)."""
+    was_training = model.training
+    model.eval()
+    meter = ConfusionMeter(n_classes, device)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    n = 0
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(0)
+    for x, target in loader:
+        x, target = _to_device(x, target, device)
+        with autocast(device):
+            scores = model(x)
+        loss, labels = kl_loss(scores, target, class_weights, return_labels=True)
+        total += loss.double() * x.shape[0]
+        n += x.shape[0]
+        meter.update(scores, labels)
+    model.train(was_training)
+    if all_reduce:
+        count = torch.tensor(float(n), dtype=torch.float64, device=device)
+        for t in (total, count, meter.hist):
+            ddp.all_reduce_(t)
+        n = int(count.item())
+    return {"loss": float(total / n) if n else float("nan"), **meter.scores()}
+
+
+def validate(colorizer, val_loader, device, state: TrainState) -> dict:
+    """One validation: {"train": the steps since the last validation, "valid": the whole
+    validation split}, each a log row's scores.  Updates the best loss and resets the
+    train accumulators."""
+    if state.world_size > 1:
+        ddp.all_reduce_(state.meter.hist)
+    train_row = {"loss": state.loss_sum / max(state.steps, 1), **state.meter.scores()}
+    val_row = evaluate(colorizer, val_loader, device, colorizer.n_classes, all_reduce=state.world_size > 1)
+    state.loss_sum, state.steps = 0.0, 0
+    state.meter.reset()
+    state.last_val = dict(val_row)
+    return {"train": train_row, "valid": val_row}
+
+
+# ----------------------------------------------------------------------------- set-up
+def build_colorizer(inputs, log=print):
+    """A fresh Colorizer for the run's inputs, started from the vgg_weights file and/or the
+    coarser run's best.pt when the config / inputs name them."""
+    cfg = inputs.cfg
+    colorizer = Colorizer(inputs.arch, inputs.n_clusters, cfg["width"], cfg["im_size"],
+                          inputs.mean_L, inputs.gmm_arrays())
+    if cfg.get("vgg_weights"):
+        loaded = load_vgg16_bn_weights(colorizer.net, cfg["vgg_weights"])
+        log(f"trunk initialised from {cfg['vgg_weights']} ({len(loaded)} layers)")
+    if inputs.init_checkpoint:
+        path = Path(inputs.init_checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(f"{inputs.arch} starts from {path}, which does not exist: train "
+                                    f"the coarser run first")
+        coarse = Colorizer.from_checkpoint(load_checkpoint(path), str(path))
+        copied = init_from_fcn(colorizer.net, coarse.net)
+        log(f"initialised from {path} ({coarse.arch}): {len(copied)} tensors copied")
+    return colorizer
+
+
+def _check_resume(ckpt, cfg, settings):
+    if ckpt.get("settings") != settings:
+        old = {k: v for k, v in (ckpt.get("settings") or {}).items() if k != "gmm"}
+        raise ValueError(f"checkpoint is for {old}, this run is "
+                         f"{ {k: v for k, v in settings.items() if k != 'gmm'} }: use another run folder")
+    old, new = ckpt.get("cfg", {}), plain(cfg)
+    changed = sorted(k for k in set(old) | set(new)
+                     if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
+    if changed:
+        raise ValueError(f"cannot resume: config keys {changed} differ from the checkpoint's "
+                         f"({ {k: old.get(k) for k in changed} }); use another run folder")
+
+
+def _restore(resume, state, colorizer, optimizer, train_loader, seed, rank, log):
+    colorizer.load_state_dict(resume["state_dict"])
+    optimizer.load_state_dict(resume["optimizer"])
+    state.iteration, state.epoch, state.position = resume["iteration"], resume["epoch"], resume["position"]
+    state.best_loss, state.best_iteration = resume["best_loss"], resume["best_iteration"]
+    state.last_val, state.elapsed_before = resume["last_val"], resume["elapsed_s"]
+    if state.world_size > 1:
+        ddp.restore_rng(resume, seed, rank, state.world_size, train_loader.generator, log)
+    else:
+        set_rng_states(resume["rng"], train_loader.generator)
+
+
+def _datasets(inputs, n_classes):
+    train_set = ShardDataset(inputs.train, flip=bool(inputs.cfg["flip"]))
+    val_set = ShardDataset(inputs.val, flip=False)
+    for name, ds in (("training", train_set), ("validation", val_set)):
+        if len(ds) == 0:
+            raise ValueError(f"the {name} split has no images ({len(ds.pairs)} shards, all empty)")
+        if ds.n_classes != n_classes:
+            raise ValueError(f"{name} label shards have K={ds.n_classes}, the config n_clusters={n_classes}")
+    return train_set, val_set
+
+
+# ----------------------------------------------------------------------------- fit
+def fit(run_dir, inputs, device="auto", loader_workers=0, log=print, on_step=None, stop_after=None,
+        distributed=False, sync_bn=True) -> dict:
+    """Train inputs.arch on inputs.train, validating on inputs.val; resume if run_dir has a
+    checkpoint.  inputs: a pipeline.run_inputs.RunInputs.
+
+    on_step(iteration, max_iteration, loss) is called after every step.  stop_after: end
+    this session after that many steps in total (the run stays resumable).  Returns
+    {best_val_loss, best_iteration, final (last validation metrics), iterations,
+    images_per_s, elapsed_s, device, resumed_from, complete, run_dir}.
+
+    distributed: this process is one rank of the default torch.distributed process group
+    (every rank calls fit with the same arguments, `device` its own); see the module
+    docstring.  Only rank 0 logs and writes; on_step runs on every rank.  sync_bn: convert
+    BatchNorm to SyncBatchNorm (distributed only)."""
+    cfg, t_session = inputs.cfg, time.time()
+    rank, world_size = ddp.rank_and_world() if distributed else (0, 1)
+    if rank != 0:
+        log = _quiet
+    run_dir = Path(run_dir)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run_dir)
+    if world_size > 1:
+        ddp.barrier()                                      # the folder exists, no stale temporaries
+    device = resolve_device(device, warn=log)
+    if device.type == "cpu":
+        log(f"training runs on CPU ({torch.get_num_threads()} threads): fine for the tiny test/demo "
+            f"configs, very slow at full size (256x256, width 1) -- use a CUDA GPU for those")
+    cuda = device.type == "cuda"
+    torch.backends.cudnn.benchmark = cuda
+    seed = int(cfg["seed"])
+    seed_everything(seed)                                  # once; resume then restores the states
+
+    # -- data
+    n_classes = inputs.n_clusters
+    train_set, val_set = _datasets(inputs, n_classes)
+    batch_size = int(cfg["batch_size"])
+    if world_size > 1:
+        batch_size = ddp.per_rank_batch(batch_size, world_size, len(train_set))
+    train_loader = make_loader(train_set, batch_size, True, loader_workers, seed, pin_memory=cuda,
+                               drop_last=len(train_set) >= batch_size * world_size,
+                               rank=rank, world_size=world_size)
+    val_loader = make_loader(val_set, batch_size, False, loader_workers, seed, pin_memory=cuda,
+                             rank=rank, world_size=world_size)
+    class_weights = None
+    if inputs.class_weights is not None:
+        class_weights = torch.as_tensor(np.asarray(inputs.class_weights, np.float32), device=device)
+        if class_weights.shape != (n_classes,):
+            raise ValueError(f"class_weights must have shape ({n_classes},), got {tuple(class_weights.shape)}")
+
+    # -- colorizer, optimiser, resume
+    ckpt_path, best_path, log_path = run_dir / "checkpoint.pt", run_dir / "best.pt", run_dir / "log.csv"
+    resume = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    colorizer = build_colorizer(inputs, log) if resume is None else Colorizer(
+        inputs.arch, n_classes, cfg["width"], cfg["im_size"], inputs.mean_L, inputs.gmm_arrays())
+    settings = colorizer.settings()
+    if world_size > 1 and sync_bn:
+        colorizer = ddp.convert_sync_batchnorm(colorizer, device)
+    colorizer.to(device)
+    if cuda:
+        colorizer.to(memory_format=torch.channels_last)
+    train_model = ddp.wrap(colorizer, device) if world_size > 1 else colorizer   # colorizer: the bare module
+    optimizer = make_optimizer(colorizer, cfg)
+    if world_size > 1:
+        ddp.seed_rank(seed, rank, 0)                       # own dropout masks on every rank
+    state = TrainState(meter=ConfusionMeter(n_classes, device), world_size=world_size,
+                       class_weights=class_weights)
+    resumed_from = None
+    if resume is not None:
+        _check_resume(resume, cfg, settings)
+        _restore(resume, state, colorizer, optimizer, train_loader, seed, rank, log)
+        if rank == 0:
+            truncate_log(log_path, state.iteration)
+        resumed_from = state.iteration
+        log(f"resuming {run_dir} from iteration {resumed_from}")
+
+    max_iteration, interval = int(cfg["max_iteration"]), int(cfg["interval_validate"])
+    if rank == 0:
+        write_config(run_dir, {
+            "cfg": cfg, "arch": inputs.arch, "settings": {k: v for k, v in settings.items() if k != "gmm"},
+            "init_checkpoint": inputs.init_checkpoint, "dataset": inputs.dataset,
+            "data": {"n_train": len(train_set), "n_val": len(val_set), "train_shards": len(train_set.pairs),
+                     "val_shards": len(val_set.pairs), "image_size": train_set.image_size,
+                     "target_size": train_set.target_size, "n_clusters": n_classes,
+                     "class_weights": inputs.class_weights},
+            "git": git_info(), "device": str(device), "torch": torch.__version__,
+            "world_size": world_size, "resumed_from": resumed_from})
+    writer = progress = None
+    if rank == 0:
+        from torch.utils.tensorboard import SummaryWriter   # slow import: only the writing rank
+        writer = SummaryWriter(str(run_dir / "tb"), purge_step=(state.iteration + 1) if resume else None)
+        progress = Progress(max_iteration, "train", start=state.iteration, unit=" it/s")
+    timing = {"val_s": 0.0}
+
+    def record(rows):
+        """Rank 0: log rows, TensorBoard, tiles, best.pt, checkpoint.pt (in that order)."""
+        it, lr = state.iteration, optimizer.param_groups[0]["lr"]
+        elapsed = state.elapsed_before + time.time() - t_session
+        best = is_better(rows["valid"]["loss"], state.best_loss)
+        if best:
+            state.best_loss, state.best_iteration = rows["valid"]["loss"], it
+        rng = rng_states(train_loader.generator)
+        rng["loader"] = state.loader_rng          # the loader generator as it was at the epoch's start
+        rng_ranks = ddp.gather_rng(rng) if world_size > 1 else None
+        if rank != 0:
+            return
+        common = {"iteration": it, "epoch": state.epoch, "lr": lr, "elapsed_s": round(elapsed, 3)}
+        append_rows(log_path, [{**common, "split": split, **row} for split, row in rows.items()])
+        for split, row in rows.items():
+            for key in SCORE_KEYS:
+                writer.add_scalar(f"{split}/{key}", row[key], it)
+        writer.add_scalar("lr", lr, it)
+        grid = validation_tiles(colorizer, val_set, N_VISUAL)
+        save_jpeg(run_dir / "tiles" / f"iter{it:06d}.jpg", grid)
+        writer.add_image("tiles", grid, it, dataformats="HWC")
+        writer.flush()
+        payload = {"settings": settings, "state_dict": colorizer.state_dict(), "arch": inputs.arch,
+                   "cfg": plain(cfg), "iteration": it, "max_iteration": max_iteration, "epoch": state.epoch,
+                   "position": state.position, "best_loss": state.best_loss,
+                   "best_iteration": state.best_iteration, "last_val": state.last_val,
+                   "elapsed_s": elapsed, "val": dict(rows["valid"])}
+        if best:                                      # best.pt first: see the module docstring
+            save_checkpoint(best_path, payload)
+        payload.update(optimizer=optimizer.state_dict(), rng=rng)
+        if rng_ranks is not None:                     # every rank's RNGs (dropout), rank 0's = rng
+            payload["rng_ranks"] = rng_ranks
+        save_checkpoint(ckpt_path, payload)
+
+    def step_hook(iteration, max_it, loss):
+        if progress is not None:
+            progress.update(1, f"loss {loss:.4f}")
+        if on_step is not None:
+            on_step(iteration, max_it, loss)
+        if iteration % interval == 0 or iteration == max_it:
+            t0 = time.time()
+            record(validate(colorizer, val_loader, device, state))
+            timing["val_s"] += time.time() - t0
+        if stop_after is not None and iteration >= stop_after:
+            state.stop = True
+
+    t_loop, start_iteration, empty_epochs = time.time(), state.iteration, 0
+    try:
+        while state.iteration < max_iteration and not state.stop:
+            if stop_after is not None and state.iteration >= stop_after:
+                break
+            state.loader_rng = train_loader.generator.get_state()    # before iter(): worker seeds
+            train_loader.sampler.set_epoch(state.epoch, start=state.position)
+            steps = train_one_epoch(train_model, train_loader, optimizer, device, state, max_iteration,
+                                    step_hook)
+            empty_epochs = 0 if steps else empty_epochs + 1
+            if empty_epochs > 1:
+                raise RuntimeError("the training loader yields no batches")
+    finally:
+        if rank == 0:
+            progress.close()
+            writer.close()
+        train_set.close()
+        val_set.close()
+    train_s = max(time.time() - t_loop - timing["val_s"], 1e-9)
+    done = state.iteration - start_iteration
+    complete = state.iteration >= max_iteration
+    if rank == 0 and log_path.exists():
+        plot_curves(log_path, run_dir)
+    result = {"best_val_loss": state.best_loss, "best_iteration": state.best_iteration,
+              "final": state.last_val, "iterations": state.iteration,
+              "images_per_s": state.images / train_s if done else None,
+              "elapsed_s": state.elapsed_before + time.time() - t_session, "device": str(device),
+              "resumed_from": resumed_from, "complete": complete, "run_dir": str(run_dir)}
+    if complete and rank == 0:
+        write_text_atomic(run_dir / "done.json", json.dumps(plain(result), indent=2) + "\n")
+        log(f"done: {state.iteration} iterations, best val loss {state.best_loss} at iteration "
+            f"{state.best_iteration}" + (f", {result['images_per_s']:.1f} images/s" if done else ""))
+    if world_size > 1:
+        ddp.barrier()                                      # rank 0 has written everything
+    return result
+
+
+def _quiet(*args, **kwargs):
+    pass
