@@ -14,7 +14,7 @@ import os
 STAGE_VERSIONS = {
     "lab": 2,        # decode, resize, Lab conversion, shard layout (2: int16 fixed-point Lab)
     "mean": 1,       # mean lightness estimate
-    "gmm": 1,        # hue/chroma mixture fit
+    "gmm": 2,        # hue/chroma mixture fit (2: uniform grid on linspace(0, 1), as the original)
     "labels": 2,     # low-pass + posteriors (2: reads int16 Lab, batched)
     "prior": 1,      # empirical cluster prior
     "train": 1,      # training loop / model definitions
