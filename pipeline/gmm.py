@@ -5,6 +5,8 @@ A mixture is three plain arrays (weights (K,), means (K, 2), covariances
 an artifact can never run code (the original pickled sklearn objects).
 Features are (hue in [0, 1), chroma / 128), see pipeline.color.
 """
+import math
+
 import numpy as np
 
 from .atomic import atomic_path
@@ -23,14 +25,23 @@ def fit_gmm(features, n_clusters: int, seed: int = 0) -> dict:
 
 
 def uniform_grid(n_clusters: int) -> dict:
-    """The original's 'uniform' binning: a sqrt(K) x sqrt(K) grid over [0,1]^2 hue/chroma,
-    isotropic Gaussians with sigma = bin spacing / sqrt(2), equal weights."""
-    side = int(round(n_clusters ** 0.5))
-    if side * side != n_clusters:
-        raise ValueError(f"uniform binning needs a square number of clusters, got {n_clusters}")
-    centres = (np.arange(side) + 0.5) / side                  # bin centres on each axis
-    hue, chroma = np.meshgrid(centres, centres, indexing="ij")
-    sigma = (1.0 / side) / np.sqrt(2)
+    """The original's 'uniform' binning: isotropic Gaussians with equal weights centred on a
+    sqrt(K) x sqrt(K) grid, linspace(0, 1, sqrt(K)) on each of hue and chroma.
+
+    On this project's feature scale (pipeline.color: hue in [0, 1), chroma = hypot(a, b) / 128,
+    about [0, 1.05] for sRGB) as on the original's HSV one (hue, chroma = V*S, both in [0, 1]):
+    chroma 0 (gray) is a row of centres, and hue 0 and hue 1 are two columns of red clusters,
+    one each side of the wrap.  sigma = a bin's Voronoi radius, the half-diagonal of the grid
+    cell: spacing / sqrt(2), spacing = 1 / (sqrt(K) - 1).  Component k has hue
+    linspace[k % sqrt(K)] and chroma linspace[k // sqrt(K)] (hue varies fastest), the
+    original's meshgrid order.
+    """
+    side = math.isqrt(n_clusters)
+    if side * side != n_clusters or side < 2:
+        raise ValueError(f"uniform binning needs a square number of clusters >= 4, got {n_clusters}")
+    axis = np.linspace(0.0, 1.0, side)                       # centres on each axis, ends included
+    chroma, hue = np.meshgrid(axis, axis, indexing="ij")      # (side, side): row = chroma, column = hue
+    sigma = (axis[1] - axis[0]) / np.sqrt(2)
     return {"weights": np.full(n_clusters, 1.0 / n_clusters),
             "means": np.stack([hue.ravel(), chroma.ravel()], axis=1),
             "covariances": np.tile(np.eye(2) * sigma ** 2, (n_clusters, 1, 1))}

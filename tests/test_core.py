@@ -63,7 +63,7 @@ def test_fit_gmm_is_deterministic_and_round_trips_without_pickle(tmp_path):
 def test_uniform_grid_properties():
     g = uniform_grid(16)
     assert g["means"].shape == (16, 2) and np.allclose(g["weights"].sum(), 1)
-    np.testing.assert_allclose(g["covariances"][0], np.eye(2) * (0.25 / np.sqrt(2)) ** 2)
+    np.testing.assert_allclose(g["covariances"][0], np.eye(2) * ((1 / 3) / np.sqrt(2)) ** 2)
     # a pixel at a bin centre is most likely in that bin
     p = posteriors(g["means"], g)
     assert (p.argmax(1) == np.arange(16)).all()
