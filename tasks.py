@@ -214,6 +214,7 @@ class GMMParams(LabParams):
 class FitGMM(GMMParams):
     """Reads pixels sampled from the train split's Lab shards (soft binning only);
     writes gmm/s<size>/<binning>-k<K>-<sig>.npz (plain arrays, no pickle)."""
+    version = 2              # 2: the uniform grid as the original's (gray is a centre)
 
     def sig_params(self) -> dict:
         if self.binning == "uniform":     # a fixed grid: nothing but K matters

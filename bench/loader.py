@@ -1,6 +1,6 @@
 """Loader throughput: train.data.ShardDataset vs the original's on-the-fly sample path.
 
-  ours      ShardDataset(pairs, mean_L, flip=True)[i] for shuffled indices i, one process
+  ours      ShardDataset(pairs, flip=True)[i] for shuffled indices i, one process
             (reads L and the stored posteriors from the HDF5 shards).
   original  per sample, as the research code did (written here): decode the JPEG (PIL),
             resize the shorter side to 256 + centre crop, skimage.color.rgb2lab, Gaussian
@@ -92,7 +92,7 @@ def main():
             build_label_shard(p, gmm, args.lowpass, q, sig=q.stem)
             pairs.append((str(p), str(q)))
         mean_L = mean_lightness(labs, 10_000)
-        ds = ShardDataset(pairs, mean_L, flip=True)
+        ds = ShardDataset(pairs, flip=True)
         files = [data / rp for rp in relpaths]            # all kept: generated photos are colour
         assert len(ds) == len(files)
         gm = to_sklearn(gmm)

@@ -1,15 +1,15 @@
 """No-op rerun: how long Luigi takes to find that a built dataset's labels are complete.
 
-Generates --n ImageNet-like JPEGs (default 10,000; 10 % val), builds `LabelsFor --config 14`
+Generates --n ImageNet-like JPEGs (default 10,000; 10 % val), builds `PrepareRun --config 14`
 with small settings so the build is quick (overrides: im_size 32, img_lowpass 4,
 shard_size 256, n_clusters 16, val_split val) once with `--workers 2`, then times, in
 fresh processes, interleaved (--reps rounds):
 
-  noop      python -m luigi --module tasks LabelsFor ... --colorize-work-dir DIR  (the value)
+  noop      python -m luigi --module tasks PrepareRun ... --colorize-work-dir DIR  (the value)
   imports   python -c "import luigi.cmdline, tasks"        (process start + imports)
   bare      python -c "pass"                                (interpreter start alone)
 
-and in this process luigi.build([LabelsFor(...)], local_scheduler=True) with the task
+and in this process luigi.build([PrepareRun(...)], local_scheduler=True) with the task
 instance cache cleared each time (in_process_s).  value = median noop seconds; goal <= 5.
 scheduling_s = noop - imports: the completeness checks (split lists, stat of every
 source file, signatures, one exists() per shard output) plus Luigi's scheduling.
@@ -36,7 +36,7 @@ OVERRIDES = {"im_size": 32, "img_lowpass": 4, "shard_size": 256, "n_clusters": 1
 
 
 def luigi_args(data, work, workers):
-    return ["-m", "luigi", "--module", "tasks", "LabelsFor", "--config", "14",
+    return ["-m", "luigi", "--module", "tasks", "PrepareRun", "--config", "14",
             "--overrides", json.dumps(OVERRIDES), "--dataset", str(data), "--workers", str(workers),
             "--colorize-work-dir", str(work)]
 
@@ -82,7 +82,7 @@ def main():
 
         def in_process():
             Register.clear_instance_cache()
-            t = tasks.LabelsFor(config=14, overrides=OVERRIDES, dataset=str(data))
+            t = tasks.PrepareRun(config=14, overrides=OVERRIDES, dataset=str(data))
             t0 = time.perf_counter()
             res = luigi.build([t], local_scheduler=True, workers=1, log_level="WARNING",
                               detailed_summary=True)

@@ -1,7 +1,7 @@
 """Preprocessing at scale: Lab + GMM + label shards through Luigi vs image count and workers,
 shard storage per image, and a plan for ImageNet (README "Scaling").
 
-Each measurement runs `LabelsFor` (Lab shards -> FitGMM -> label shards, train and val
+Each measurement runs `PrepareRun` (Lab shards -> FitGMM -> label shards, train and val
 splits) of config 14 (K=16, low-pass 8, shard_size 256; val_split = val) in a fresh
 process and a fresh work dir, on generated ImageNet-like JPEGs (~500x375,
 pipeline.synthetic.generate_imagenet_like), with `--workers W` and one BLAS/OpenMP thread
@@ -37,7 +37,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_N
 
 # ----------------------------------------------------------------------------- child: one build
 def _child(spec):
-    """Run LabelsFor in this process (Luigi forks W worker processes); append
+    """Run PrepareRun in this process (Luigi forks W worker processes); append
     'family<TAB>seconds' per finished task to spec['times']."""
     sys.path.insert(0, str(REPO))
     import luigi
@@ -50,14 +50,14 @@ def _child(spec):
 
     cfg = luigi.configuration.get_config()
     cfg.set("colorize", "work_dir", spec["work"])
-    ok = luigi.build([tasks.LabelsFor(config=14, overrides={"val_split": "val", "im_size": spec["im_size"]},
+    ok = luigi.build([tasks.PrepareRun(config=14, overrides={"val_split": "val", "im_size": spec["im_size"]},
                                       dataset=spec["root"])],
                      workers=spec["workers"], local_scheduler=True, log_level="WARNING")
     sys.exit(0 if ok else 1)
 
 
 def run_pipeline(root, n, workers, im_size, scratch):
-    """Build LabelsFor on `root` in a fresh process + work dir; return timings and sizes."""
+    """Build PrepareRun on `root` in a fresh process + work dir; return timings and sizes."""
     work = Path(tempfile.mkdtemp(prefix="work-", dir=scratch))
     times = work.with_suffix(".times")
     spec = {"root": str(root), "workers": workers, "im_size": im_size, "work": str(work), "times": str(times)}
@@ -66,7 +66,7 @@ def run_pipeline(root, n, workers, im_size, scratch):
                           capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise RuntimeError(f"LabelsFor failed on {root}:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"PrepareRun failed on {root}:\n{proc.stderr[-3000:]}")
     stage = defaultdict(float)
     for line in times.read_text().splitlines():
         family, seconds = line.split("\t")

@@ -1,4 +1,4 @@
-"""Trainer overhead: train.loop.train_one_epoch vs a bare PyTorch loop, same model and data.
+"""Trainer overhead: train.fit.train_one_epoch vs a bare PyTorch loop, same model and data.
 
 Setup: a small FCN-32s (width 1/8, K=16) on 64x64 inputs, batch 4; Lab + label shards
 built from generated ImageNet-like JPEGs (im_size 64, low-pass 8 -> 8x8 targets).
@@ -39,16 +39,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from models.fcn import build_model  # noqa: E402
-from pipeline.splits import list_split
+from models.colorizer import Colorizer  # noqa: E402
+from pipeline.run_inputs import RunInputs  # noqa: E402
+from pipeline.splits import list_split  # noqa: E402
 from pipeline.synthetic import generate_imagenet_like  # noqa: E402
 from pipeline.gmm import fit_gmm  # noqa: E402
 from pipeline.preprocess import build_label_shard, build_lab_shard, gmm_features, mean_lightness  # noqa: E402
 from train.data import ShardDataset, make_loader  # noqa: E402
-from train.loop import kl_loss, make_optimizer, new_train_state, train_one_epoch  # noqa: E402
+from train.fit import TrainState, make_optimizer, train_one_epoch  # noqa: E402
+from train.loss import kl_loss  # noqa: E402
+from train.metrics import ConfusionMeter  # noqa: E402
 
 
 def build_shards(tmp, n, im_size, k, lowpass, per_shard=32):
@@ -82,7 +84,7 @@ def components(loader, state, args, batches, reps=20):
         it_times.append((time.perf_counter() - t0) / k)
     x, target = batches[0]
     scores = torch.randn(x.shape[0], args.k, x.shape[2], x.shape[3])
-    meter = state["meter"]
+    meter = state.meter
     ts = []
     for _ in range(reps):
         t0 = time.perf_counter()
@@ -119,14 +121,14 @@ def main():
     try:
         n = args.steps * args.batch
         pairs, mean_L, gmm = build_shards(tmp, n, args.im_size, args.k, args.lowpass)
-        dataset = ShardDataset(pairs, mean_L, flip=True)
+        dataset = ShardDataset(pairs, flip=True)
         assert len(dataset) == n, f"{len(dataset)} images kept of {n}"
         loader = make_loader(dataset, args.batch, shuffle=True, workers=0, seed=0, drop_last=True)
 
-        model_ours = build_model("fcn32s", args.k, args.width)
+        model_ours = Colorizer("fcn32s", args.k, args.width, args.im_size, mean_L, gmm)
         model_bare = copy.deepcopy(model_ours)
         opt_ours, opt_bare = make_optimizer(model_ours, cfg), make_optimizer(model_bare, cfg)
-        state = new_train_state(args.k, device)
+        state = TrainState(meter=ConfusionMeter(args.k, device))
         total = args.warmup + args.pairs
         n_epochs = -(-total // args.steps)
         # the very batches ours will see, epoch by epoch (same order and flips), preloaded
@@ -157,12 +159,12 @@ def main():
             times["bare"].append(mark["t"] - t)
             times["bare_cpu"].append(mark["c"] - c)
             if iteration >= total:
-                state["stop"] = True
+                state.stop = True
 
         mark["t"], mark["c"] = time.perf_counter(), time.process_time()
-        while not state["stop"]:
-            loader.sampler.set_epoch(state["epoch"], start=state["position"])
-            train_one_epoch(model_ours, loader, opt_ours, device, state, cfg, on_step)
+        while not state.stop:
+            loader.sampler.set_epoch(state.epoch, start=state.position)
+            train_one_epoch(model_ours, loader, opt_ours, device, state, cfg["max_iteration"], on_step)
             mark["t"], mark["c"] = time.perf_counter(), time.process_time()   # epoch switch: not a step
         for k in times:
             times[k] = times[k][args.warmup:]
@@ -184,13 +186,14 @@ def main():
         extra = result["loader_ms_per_batch"] + result["labels_meter_ms_per_step"]
         result["components_overhead_pct"] = round(extra / result["bare_ms_per_step"] * 100, 2)
         if args.fit:
-            from train.loop import fit
-            fcfg = {**__import__("pipeline.config", fromlist=["DEFAULTS"]).DEFAULTS, **cfg,
-                    "width": args.width, "batch_size": args.batch, "max_iteration": 4 * len(batches),
-                    "interval_validate": 4 * len(batches), "n_clusters": args.k, "im_size": args.im_size}
-            res = fit(tmp / "run", fcfg, "fcn32s", {"train": pairs, "val": pairs[:1], "mean_L": mean_L,
-                                                     "gmm": gmm, "n_clusters": args.k},
-                      device="cpu", loader_workers=0, log=lambda *a: None)
+            from pipeline.config import DEFAULTS
+            from train.fit import fit
+            fcfg = {**DEFAULTS, **cfg, "width": args.width, "batch_size": args.batch,
+                    "max_iteration": 4 * len(batches), "interval_validate": 4 * len(batches),
+                    "n_clusters": args.k, "im_size": args.im_size}
+            inputs = RunInputs(arch="fcn32s", cfg=fcfg, train=pairs, val=pairs[:1], mean_L=mean_L,
+                               gmm={k: v.tolist() for k, v in gmm.items()})
+            res = fit(tmp / "run", inputs, device="cpu", loader_workers=0, log=lambda *a: None)
             result["fit_images_per_s"] = round(res["images_per_s"], 2)
             result["fit_ms_per_step"] = round(args.batch / res["images_per_s"] * 1e3, 2)
         result["seconds"] = round(time.perf_counter() - t_start, 1)

@@ -1,6 +1,6 @@
 """Parallel preprocessing: `luigi --workers 2` vs `--workers 1` building Lab + label shards.
 
-Generates 2,000 ImageNet-like JPEGs once, then builds `LabelsFor --config 14` (im_size 256,
+Generates 2,000 ImageNet-like JPEGs once, then builds `PrepareRun --config 14` (im_size 256,
 K=16, low-pass 8; overrides: val_split=val and shard_size=128 so the images make ~16
 shards that two workers can share; at 300 images the fixed costs -- start-up, the
 sklearn import and GMM fit -- are most of the run) from scratch in fresh subprocesses, each into its own
@@ -126,7 +126,7 @@ def machine_ceiling(n=3_000_000):
 
 
 def run_build(data, work, workers, overrides, log, env):
-    args = ["--module", "tasks", "LabelsFor", "--config", "14", "--overrides", json.dumps(overrides),
+    args = ["--module", "tasks", "PrepareRun", "--config", "14", "--overrides", json.dumps(overrides),
             "--dataset", str(data), "--workers", str(workers), "--colorize-work-dir", str(work),
             "--log-level", "WARNING"]
     t0 = time.time()

@@ -112,7 +112,7 @@ def evaluate_images(colorizer, dataset, temperature=DEFAULT_TEMPERATURE, batch_s
     anything with len() and get_visual(i) -> {L, ab, posteriors, path})."""
     names = method_names()
     stats = {m: _Stats(colorizer.n_classes) for m in names}
-    per_image = []
+    per_image, n_pixels = [], 0
     n = len(dataset)
     for start in range(0, n, batch_size):
         items = [dataset.get_visual(i) for i in range(start, min(n, start + batch_size))]
@@ -127,10 +127,11 @@ def evaluate_images(colorizer, dataset, temperature=DEFAULT_TEMPERATURE, batch_s
                        out["labels"][m][j], out["target_labels"][j])
                 row["auc"][m], row["psnr"][m] = st.auc[-1], st.psnr[-1]
             per_image.append(row)
+            n_pixels += v["L"].size
             if on_image:
                 on_image(len(per_image), n)
     size = int(items[0]["L"].shape[-1]) if n else 0
-    return {"n_images": n, "image_size": size, "n_pixels": n * size * size,
+    return {"n_images": n, "image_size": size, "n_pixels": n_pixels,
             "thresholds": THRESHOLDS.tolist(), "temperature": float(temperature),
             "methods": {m: stats[m].summary() for m in names}, "per_image": per_image}
 

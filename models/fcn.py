@@ -15,7 +15,7 @@ from .vgg import VGGTrunk, conv_names
 
 # arch -> (skips, final upsampler).  A skip is (pool, 2x upsampler name, crop
 # offset of the pool scores); the final one is (name, factor, crop offset).
-ARCHS = {
+HEADS = {
     "fcn32s": ((), ("upscore", 32, 19)),
     "fcn16s": ((("pool4", "upscore2", 5),), ("upscore16", 16, 27)),
     "fcn8s": ((("pool4", "upscore2", 5), ("pool3", "upscore_pool4", 9)), ("upscore8", 8, 31)),
@@ -58,10 +58,10 @@ class FCN(nn.Module):
 
     def __init__(self, arch: str, n_classes: int, width: float = 1.0):
         super().__init__()
-        if arch not in ARCHS:
-            raise ValueError(f"unknown arch {arch!r}; expected one of {sorted(ARCHS)}")
+        if arch not in HEADS:
+            raise ValueError(f"unknown arch {arch!r}; expected one of {sorted(HEADS)}")
         self.arch, self.n_classes, self.width = arch, n_classes, width
-        self.skips, self.final = ARCHS[arch]
+        self.skips, self.final = HEADS[arch]
         self.trunk = VGGTrunk(width, in_channels=1)  # the Lab lightness
         self.score_fr = nn.Conv2d(self.trunk.out_channels["fc7"], n_classes, 1)
         for pool, up_name, _ in self.skips:
@@ -90,7 +90,7 @@ class FCN(nn.Module):
 
 
 def build(arch: str, n_classes: int, width: float = 1.0) -> nn.Module:
-    """FCN for arch in ARCHS on a 1-channel (mean-centred lightness) input; the
+    """FCN for arch in HEADS on a 1-channel (mean-centred lightness) input; the
     registry (models.registry) calls this."""
     return FCN(arch, n_classes, width)
 

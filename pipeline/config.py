@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Callable
 
-from .datasets import _SPLIT_RE
+from .splits import _SPLIT_RE
 
 
 class ConfigError(ValueError):
@@ -204,10 +204,6 @@ CONFIGS = {
               interval_validate=10, flip=True, kl_reduction="sum_k", gmm_pixels_few=200,
               mean_pixels=10_000),
 }
-
-# Config keys that decide the label shards (and GMM / mean lightness) a run uses.
-LABEL_KEYS = ("im_size", "shard_size", "binning", "n_clusters", "img_lowpass", "gmm_images",
-              "gmm_pixels", "gmm_pixels_few", "gmm_seed", "mean_pixels", "train_split", "val_split")
 
 
 # ----------------------------------------------------------------------------- resolving

@@ -28,8 +28,8 @@ from pipeline.labels import target_posteriors
 from pipeline.shards import encode_lab, write_shard
 from train.checkpoint import load_checkpoint
 from train.data import EpochSampler
-from train.loop import fit
-from test_train import _photos   # the same bundled photos at 32 px
+from train.fit import fit
+from test_train import _inputs, _photos   # the same bundled photos at 32 px, RunInputs
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = lambda *a, **k: None  # noqa: E731
@@ -84,7 +84,7 @@ def _losses(run_dir, split):
 def _syncbn_check(rank, world, out):
     """Forward/backward of a batch split over the ranks through SyncBatchNorm (weights and
     input the same on every rank); saves this rank's output, input grad and param grads."""
-    from train.distributed import convert_sync_batchnorm
+    from train.ddp import convert_sync_batchnorm
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4, 3, 5, 6, generator=g) * 3 + 1
     dy = torch.randn(4, 3, 5, 6, generator=g)
@@ -107,23 +107,23 @@ def _rank_main(rank, world, port, jobs, out):
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)                       # 2 ranks on a small CI machine
     import models.fcn
-    from train import distributed
-    r, w, device = distributed.setup("cpu")
+    from train import ddp
+    r, w, device = ddp.setup("cpu")
     assert (r, w, device.type) == (rank, world, "cpu")
     try:
         _syncbn_check(rank, world, out)
-        real_build = models.fcn.build_model
+        real_build = models.fcn.build
         for job in jobs:
             job = dict(job)
-            models.fcn.build_model = _no_dropout_model if job.pop("no_dropout") else real_build
+            models.fcn.build = _no_dropout_model if job.pop("no_dropout") else real_build
             losses = []
             fit(device=device, log=QUIET, distributed=True,
                 on_step=lambda it, n, loss: losses.append(loss), **job)
             if rank == 0:                               # per-step losses (all-reduced means)
                 (Path(job["run_dir"]) / f"steps-{job.get('stop_after')}.json").write_text(json.dumps(losses))
-        models.fcn.build_model = real_build
+        models.fcn.build = real_build
     finally:
-        distributed.teardown()
+        ddp.teardown()
 
 
 def _free_port():
@@ -139,11 +139,11 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     data = build_data(root)
     cfg = resolve_config(102, CFG)
-    jobs = [dict(run_dir=str(root / "ddp-nodrop"), cfg=cfg, arch="fcn32s", data=data, no_dropout=True),
-            dict(run_dir=str(root / "ddp-full"), cfg=cfg, arch="fcn32s", data=data, no_dropout=False),
-            dict(run_dir=str(root / "ddp-resumed"), cfg=cfg, arch="fcn32s", data=data, no_dropout=False,
-                 stop_after=2),
-            dict(run_dir=str(root / "ddp-resumed"), cfg=cfg, arch="fcn32s", data=data, no_dropout=False)]
+    inputs = _inputs(data, cfg, "fcn32s")
+    jobs = [dict(run_dir=str(root / "ddp-nodrop"), inputs=inputs, no_dropout=True),
+            dict(run_dir=str(root / "ddp-full"), inputs=inputs, no_dropout=False),
+            dict(run_dir=str(root / "ddp-resumed"), inputs=inputs, no_dropout=False, stop_after=2),
+            dict(run_dir=str(root / "ddp-resumed"), inputs=inputs, no_dropout=False)]
     mp.spawn(_rank_main, args=(WORLD, _free_port(), jobs, str(root)), nprocs=WORLD, join=True)
     return root, data, cfg
 
@@ -195,11 +195,11 @@ def test_sync_batchnorm_on_cpu_matches_batchnorm_on_the_whole_batch(runs):
 def test_two_processes_match_one_process_at_the_same_global_batch(runs, tmp_path, monkeypatch):
     root, data, cfg = runs
     import models.fcn
-    monkeypatch.setattr(models.fcn, "build_model", _no_dropout_model)
+    monkeypatch.setattr(models.fcn, "build", _no_dropout_model)
     steps, threads = [], torch.get_num_threads()
     torch.set_num_threads(1)                # as the ranks; also much faster on a busy 2-core machine
     try:
-        fit(tmp_path / "single", cfg, "fcn32s", data, device="cpu", log=QUIET,
+        fit(tmp_path / "single", _inputs(data, cfg, "fcn32s"), device="cpu", log=QUIET,
             on_step=lambda it, n, loss: steps.append(loss))
     finally:
         torch.set_num_threads(threads)
@@ -242,16 +242,16 @@ def test_rank0_writes_the_run_folder(runs):
     root, _, _ = runs
     run = root / "ddp-full"
     for name in ("checkpoint.pt", "best.pt", "log.csv", "config.json", "loss.png", "iou.png",
-                 "summary.json", "tiles/iter000003.jpg"):
+                 "done.json", "tiles/iter000003.jpg"):
         assert (run / name).is_file(), name
     assert len(list((run / "tb").glob("events.out.tfevents.*"))) == 1      # one writer: rank 0
     assert [(r["iteration"], r["split"]) for r in _log(run)] == [
         (str(i), s) for i in (2, 3) for s in ("train", "valid")]
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads((run / "done.json").read_text())
     assert summary["complete"] and summary["iterations"] == 3
     assert _log(run)[0]["epoch"] == "0"          # the iteration-2 checkpoint is mid-epoch (8 of 12)
-    from train.loop import load_model_from_checkpoint
-    assert load_model_from_checkpoint(run / "best.pt").arch == "fcn32s"
+    from models.colorizer import Colorizer
+    assert Colorizer.from_checkpoint(load_checkpoint(run / "best.pt")).arch == "fcn32s"
 
 
 def test_resume_under_ddp_matches_the_uninterrupted_run(runs):
@@ -268,43 +268,36 @@ def test_resume_under_ddp_matches_the_uninterrupted_run(runs):
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])   # bit for bit
 
 
-def test_cli_without_label_shards_is_a_one_line_error(work, tmp_path, capsys):
-    root = tmp_path / "photos"
-    root.mkdir()
-    (root / "files_train.txt").write_text("a.png\n")
-    (root / "files_val.txt").write_text("a.png\n")
-    from PIL import Image
-    Image.new("RGB", (40, 40), (200, 30, 30)).save(root / "a.png")
+def test_cli_on_a_run_folder_without_inputs_is_a_one_line_error(tmp_path, capsys):
     from train.distributed import main
     with pytest.raises(SystemExit) as e:
-        main(["--config", "102", "--dataset", str(root), "--work-dir", str(work)])
+        main(["--run-dir", str(tmp_path / "run"), "--device", "cpu"])
     assert e.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and f"luigi --module tasks LabelsFor --config 102 --dataset {root}" in lines[0]
+    assert len(lines) == 1 and "inputs.json does not exist" in lines[0] and "PrepareRun" in lines[0]
 
 
 def test_torchrun_command_line_trains_the_luigi_run(work, photo_dataset):
     """The real launcher: `python -m torch.distributed.run --nproc_per_node 2 -m train.distributed`
-    on shards built by Luigi; the run lands in the Luigi task's folder, which is then complete."""
+    on the run folder Luigi prepared; the Luigi training task is then complete."""
     import tasks
     from conftest import build
     overrides = {"max_iteration": 2, "interval_validate": 2}
-    cfg = resolve_config(102, overrides)
     ds = str(photo_dataset)
-    build(tasks.LabelsFor(config=102, overrides=overrides, dataset=ds),
-          tasks.MeanLightness(dataset=ds, im_size=cfg["im_size"], split=cfg["train_split"],
-                              shard_size=cfg["shard_size"], mean_pixels=cfg["mean_pixels"]))
+    t32 = tasks.TrainFCN32s(config=102, overrides=overrides, dataset=ds)
+    build(t32.requires()["inputs"])
+    assert not t32.complete()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           "-m", "train.distributed", "--config", "102", "--overrides", json.dumps(overrides),
-           "--dataset", ds, "--work-dir", str(work), "--device", "cpu", "--loader-workers", "0"]
+           "-m", "train.distributed", "--run-dir", str(t32.run_dir()), "--device", "cpu",
+           "--loader-workers", "0"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "on 2 process(es) (gloo, cpu)" in proc.stdout
-    t32 = tasks.TrainFCN32s(config=102, overrides=overrides, dataset=ds)
-    assert t32.complete()                                # done.json: Luigi will not retrain it
-    done = json.loads(Path(t32.output().path).read_text())
+    luigi_cache_cleared = tasks.TrainFCN32s(config=102, overrides=overrides, dataset=ds)
+    assert luigi_cache_cleared.complete()                # done.json + best.pt: Luigi will not retrain it
+    done = json.loads((t32.run_dir() / "done.json").read_text())
     assert done["complete"] and done["iterations"] == 2
     conf = json.loads((t32.run_dir() / "config.json").read_text())
     assert conf["world_size"] == 2 and conf["data"]["n_train"] == 12

@@ -5,13 +5,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import tasks
 from conftest import build
-from pipeline.evaluate import (AUC_MAX, accuracy_curve, auc_percent, dumps, error_histogram, ab_error,
+from inference.api import load_colorizer
+from inference.evaluate import evaluate_images, gray_label
+from inference.metrics import (AUC_MAX, accuracy_curve, auc_percent, dumps, error_histogram, ab_error,
                                mean_psnr, psnr, raw_accuracy_auc)
+from models.decoders import upsample_posteriors
+from pipeline.color import lab_to_rgb, rgb_to_lab
+from pipeline.labels import target_posteriors
 from pipeline.prior import cluster_prior, rebalance_weights
+from pipeline.run_inputs import RunInputs
 from pipeline.shards import write_shard
+from test_colorize import K, _gmm, fake_colorizer
+from train.data import ShardDataset
 
 CFG = 102
 
@@ -49,15 +58,91 @@ def test_constant_ab_offset_gives_the_auc_the_definition_predicts(d):
     assert raw_accuracy_auc(moved, ab) == pytest.approx(expected, abs=1e-9)
 
 
+def _auc_of_constant_error(d):
+    return 100 * (AUC_MAX - math.ceil(d) + 0.5) / AUC_MAX
+
+
 def test_auc_pools_pixels_over_images():
     ab = np.zeros((2, 10, 10))
-    near = ab + np.array([3.5, 0])[:, None, None]              # error 3.5 everywhere
-    far = np.zeros((2, 30, 10)) + np.array([0, 60.5])[:, None, None]
+    near = ab + np.array([3.5, 0])[:, None, None]              # 100 pixels of error 3.5
+    far = np.zeros((2, 30, 10)) + np.array([0, 60.5])[:, None, None]   # 300 pixels of error 60.5
     hist = error_histogram(ab_error(near, ab)) + error_histogram(ab_error(far, np.zeros((2, 30, 10))))
     curve = accuracy_curve(hist)
     assert curve[3] == 0 and curve[4] == pytest.approx(0.25) and curve[61] == 1.0
-    expected = 0.25 * (AUC_MAX - 4 + 0.5) + 0.75 * (AUC_MAX - 61 + 0.5)
-    assert auc_percent(curve) == pytest.approx(100 * expected / AUC_MAX)
+    pooled = 0.25 * _auc_of_constant_error(3.5) + 0.75 * _auc_of_constant_error(60.5)
+    assert auc_percent(curve) == pytest.approx(pooled)
+    # the per-image average weighs both images alike: a different number
+    per_image = (raw_accuracy_auc(near, ab) + raw_accuracy_auc(far, np.zeros((2, 30, 10)))) / 2
+    assert per_image == pytest.approx(0.5 * _auc_of_constant_error(3.5) + 0.5 * _auc_of_constant_error(60.5))
+    assert per_image - auc_percent(curve) > 5
+
+
+# ----------------------------------------------------------------------------- evaluate_images
+class _Images:
+    """What evaluate_images reads: len() and get_visual(i) -> {L, ab, posteriors, path}."""
+
+    def __init__(self, visuals):
+        self.visuals = visuals
+
+    def __len__(self):
+        return len(self.visuals)
+
+    def get_visual(self, i):
+        return self.visuals[i]
+
+
+def _visual(L, ab, name, target_size=8):
+    post = np.random.default_rng(len(name)).dirichlet(np.ones(K), (target_size, target_size))
+    return {"L": np.asarray(L, np.float32), "ab": np.asarray(ab, np.float32),
+            "posteriors": post.transpose(2, 0, 1).astype(np.float32), "path": name}
+
+
+def _known_photo(size, seed=0):
+    import skimage.data
+    from PIL import Image
+    photo = [skimage.data.chelsea(), skimage.data.coffee()][seed]
+    lab = rgb_to_lab(np.asarray(Image.fromarray(photo).resize((size, size), Image.BICUBIC)))
+    return lab[..., 0], np.moveaxis(lab[..., 1:], -1, 0)
+
+
+def _lab_rgb(L, a, b):
+    return lab_to_rgb(np.stack(np.broadcast_arrays(L, a, b), axis=-1))
+
+
+def test_reported_psnr_is_psnr_of_the_lab_to_rgb_images():
+    images = [_visual(*_known_photo(32, seed), f"photo{seed}") for seed in (0, 1)]
+    metrics = evaluate_images(fake_colorizer(), _Images(images), batch_size=2)
+    want = []
+    for v, row in zip(images, metrics["per_image"]):
+        L, (a, b) = v["L"], v["ab"]
+        want.append(psnr(_lab_rgb(L, 0, 0), _lab_rgb(L, a, b)))        # gray vs the truth
+        assert row["psnr"]["gray"] == pytest.approx(want[-1], abs=1e-9)
+        assert row["auc"]["gray"] == pytest.approx(raw_accuracy_auc(np.zeros_like(v["ab"]), v["ab"]))
+    assert 10 < min(want) and max(want) < 60                           # a real, finite PSNR
+    assert metrics["methods"]["gray"]["psnr"] == pytest.approx(np.mean(want), abs=1e-9)
+    assert metrics["methods"]["gray"]["psnr_identical"] == 0
+
+
+def test_evaluate_pools_pixels_over_images_of_different_sizes():
+    L = 50.0
+    small = _visual(np.full((32, 32), L), np.zeros((2, 32, 32)) + np.array([3.5, 0])[:, None, None], "small")
+    large = _visual(np.full((64, 64), L), np.zeros((2, 64, 64)) + np.array([0, 60.5])[:, None, None], "large")
+    metrics = evaluate_images(fake_colorizer(), _Images([small, large]), batch_size=1)
+    gray = metrics["methods"]["gray"]
+    pooled = 0.2 * _auc_of_constant_error(3.5) + 0.8 * _auc_of_constant_error(60.5)   # 1024 vs 4096 pixels
+    assert gray["auc"] == pytest.approx(pooled)
+    per_image = [row["auc"]["gray"] for row in metrics["per_image"]]
+    assert per_image == pytest.approx([_auc_of_constant_error(3.5), _auc_of_constant_error(60.5)])
+    assert np.mean(per_image) - gray["auc"] > 10                      # not the per-image average
+
+
+def test_gray_label_is_the_label_stages_cluster_of_a_gray_image():
+    for nearest in (2, 3):
+        gmm = _gmm()
+        gmm["means"][:] = [[0.4, 0.3], [0.6, 0.3], [0.2, 0.4], [0.8, 0.5]]
+        gmm["means"][nearest] = [0.05, 0.05]            # (hue, chroma) nearest a gray pixel's (0, 0)
+        labels = target_posteriors(np.zeros((2, 4, 4), np.float32), gmm, 1).argmax(0)
+        assert gray_label(gmm) == nearest and (labels == nearest).all()
 
 
 # ----------------------------------------------------------------------------- rebalancing
@@ -88,48 +173,80 @@ def test_cluster_prior_counts_argmax_labels(tmp_path):
 
 
 def test_rebalancing_runs_class_prior_once_and_passes_weights(work, photo_dataset, ran, monkeypatch):
-    import train.loop
+    import train.fit
     seen = []
 
-    def fake_fit(run_dir, cfg, arch, data, **kwargs):          # the weights are what matters here
-        seen.append(data.get("class_weights"))
+    def fake_fit(run_dir, inputs, **kwargs):                    # the weights are what matters here
+        seen.append(inputs.class_weights)
+        for name in ("best.pt", "done.json"):                   # the training task's outputs
+            (Path(run_dir) / name).write_text("{}")
         return {}
-    monkeypatch.setattr(train.loop, "fit", fake_fit)
+    monkeypatch.setattr(train.fit, "fit", fake_fit)
     over = {"rebalance": 0.5}
     build(tasks.TrainFCN32s(config=CFG, overrides=over, dataset=str(photo_dataset)))
     assert ran.count("ClassPrior") == 1
-    t = tasks.TrainFCN32s(config=CFG, overrides=over, dataset=str(photo_dataset))
-    prior = json.loads(Path(t.requires()["prior"].output().path).read_text())["prior"]
+    prep = tasks.PrepareRun(config=CFG, overrides=over, dataset=str(photo_dataset), arch="fcn32s")
+    prior = json.loads(Path(prep.requires()["prior"].output().path).read_text())["prior"]
     assert len(prior) == 4 and sum(prior) == pytest.approx(1.0)
     np.testing.assert_allclose(seen[-1], rebalance_weights(prior, 0.5))
     assert np.dot(prior, seen[-1]) == pytest.approx(1.0)
     ran.clear()                                                 # another lambda: same prior, new run
     build(tasks.TrainFCN32s(config=CFG, overrides={"rebalance": 0.2}, dataset=str(photo_dataset)))
-    assert ran.families() == ["TrainFCN32s"]
+    assert sorted(ran.families()) == ["PrepareRun", "TrainFCN32s"]
+    np.testing.assert_allclose(seen[-1], rebalance_weights(prior, 0.2))
     ran.clear()                                                 # off: no prior, no weights
     build(tasks.TrainFCN32s(config=CFG, dataset=str(photo_dataset)))
-    assert ran.families() == ["TrainFCN32s"] and seen[-1] is None
-    assert "prior" not in tasks.TrainFCN32s(config=CFG, dataset=str(photo_dataset)).requires()
+    assert sorted(ran.families()) == ["PrepareRun", "TrainFCN32s"] and seen[-1] is None
+    assert "prior" not in tasks.PrepareRun(config=CFG, dataset=str(photo_dataset), arch="fcn32s").requires()
 
 
 # ----------------------------------------------------------------------------- Evaluate
+def _independent_scores(run_dir):
+    """Pixel accuracy of the gray baseline and of the model's argmax, and the gray PSNR, computed
+    here from the run's val shards and best.pt (not through inference.evaluate's bookkeeping)."""
+    colorizer = load_colorizer(run_dir, "cpu").colorizer
+    data = ShardDataset(RunInputs.load(run_dir).val, flip=False)
+    gray_hits = model_hits = pixels = 0
+    gray_psnr = []
+    try:
+        for i in range(len(data)):
+            v = data.get_visual(i)
+            size = v["L"].shape[-1]
+            target = upsample_posteriors(torch.from_numpy(v["posteriors"])[None], (size, size)).argmax(1)[0]
+            predicted = colorizer.posteriors(v["L"][None]).argmax(1)[0].cpu()
+            gray_hits += int((target == gray_label(colorizer.gmm)).sum())
+            model_hits += int((predicted == target).sum())
+            pixels += target.numel()
+            gray_psnr.append(psnr(_lab_rgb(v["L"], 0, 0), _lab_rgb(v["L"], *v["ab"])))
+    finally:
+        data.close()
+    return {"gray_acc": gray_hits / pixels, "model_acc": model_hits / pixels, "gray_psnr": np.mean(gray_psnr)}
+
+
 def test_overfit_run_beats_gray_and_evaluate_is_stale_only(work, photo_dataset, ran):
     """Config 102 over-fitted on the train photos, evaluated on the same photos."""
     over = {"val_split": "train", "max_iteration": 30, "interval_validate": 30, "batch_size": 2}
     ev = tasks.Evaluate(config=CFG, overrides=over, dataset=str(photo_dataset), arch="fcn32s", gallery=2)
     build(ev)
     assert ran.count("Evaluate") == 1 and ran.count("TrainFCN32s") == 1
-    out = ev.out_dir()
-    assert out.parent == ev.train_task().run_dir().parent and out.name.startswith(ev.train_task().run_dir().name)
+    out, run_dir = ev.out_dir(), ev.requires().run_dir()
+    assert out.parent == run_dir and out.name.startswith("eval-")
     metrics = json.loads((out / "metrics.json").read_text())
     m = metrics["methods"]
     assert metrics["n_images"] == 12 and set(m) == {"model/max", "model/mean", "model/annealed", "gray",
                                                     "oracle/max", "oracle/mean", "oracle/annealed"}
     for decoder in ("mean", "annealed"):
         assert m[f"model/{decoder}"]["auc"] > m["gray"]["auc"] + 1, m
-    assert m["oracle/mean"]["pixel_acc"] == 1.0 and m["oracle/mean"]["auc"] > m["gray"]["auc"]
-    for name in ("report.html", "auc.png", "loss.png", "gmm.npz", "gallery/best-01.png", "gallery/worst-02.png"):
+    assert m["oracle/mean"]["auc"] > m["gray"]["auc"]
+    want = _independent_scores(run_dir)
+    assert 0 < want["gray_acc"] < 1 and want["model_acc"] > want["gray_acc"], want
+    for decoder in ("max", "mean", "annealed"):                   # the decoders share the argmax
+        assert m[f"model/{decoder}"]["pixel_acc"] == pytest.approx(want["model_acc"], abs=1e-9)
+    assert m["gray"]["pixel_acc"] == pytest.approx(want["gray_acc"], abs=1e-9)
+    assert m["gray"]["psnr"] == pytest.approx(want["gray_psnr"], abs=1e-9)
+    for name in ("report.html", "auc.png", "loss.png", "gallery/best-01.png", "gallery/worst-02.png"):
         assert (out / name).is_file(), name
+    assert not list(out.rglob("*.npz")) and not list(run_dir.rglob("gmm.npz"))   # the checkpoint holds the GMM
     html = (out / "report.html").read_text()
     assert "pooled" in html and "gallery/best-01.png" in html and "loss.png" in html
     ran.clear()

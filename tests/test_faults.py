@@ -50,7 +50,7 @@ def _assert_nothing_corrupt(work):
             verify_shard(path)
             assert "n_images" in read_attrs(path)
         elif path.suffix == ".pt":
-            assert "model" in load_checkpoint(path)
+            assert "state_dict" in load_checkpoint(path)
         elif path.suffix == ".json":
             json.loads(path.read_text())
         elif path.suffix in (".jpg", ".png"):
@@ -138,8 +138,8 @@ def one_torch_thread():
 def test_a_flipped_byte_in_a_finished_shard_is_an_error_naming_the_file(work, photo_dataset, one_torch_thread,
                                                                          kind, array, reader):
     train = tasks.TrainFCN32s(config=CFG, dataset=str(photo_dataset))
-    build(*train.requires().values())                          # everything training reads, built
-    split = train.requires()["train"]
+    build(train.requires()["inputs"])                          # everything training reads, built
+    split = train.requires()["inputs"].requires()["train"]
     lab, labels = split.pairs()[0]
     victim = Path(labels if kind == "labels" else lab)
     _flip_byte(victim, array)
@@ -147,7 +147,7 @@ def test_a_flipped_byte_in_a_finished_shard_is_an_error_naming_the_file(work, ph
         verify_shard(victim)
     if reader == "LabelShard":
         Path(labels).unlink()
-        root = tasks.LabelsFor(config=CFG, dataset=str(photo_dataset))
+        root = tasks.PrepareRun(config=CFG, dataset=str(photo_dataset))
     else:
         root = train
     failures = _build_failures(root)
@@ -160,7 +160,7 @@ def test_a_flipped_byte_in_a_finished_shard_is_an_error_naming_the_file(work, ph
 # ----------------------------------------------------------------------------- full disk, read-only
 def _lab_shard_task(photo_dataset):
     split = tasks.LabSplit(dataset=str(photo_dataset), im_size=32, split="train", shard_size=4)
-    return split.shard_tasks()[0]
+    return split.requires()[0]
 
 
 def _assert_one_line_naming(exception, path, *reasons):
@@ -205,7 +205,7 @@ def test_a_write_failing_in_hdf5_territory_ends_the_command_with_its_exit_code(w
     def limit_file_size():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
-    cmd = _luigi("LabelsFor", "--overrides", '{"im_size": 64}', work=work, dataset=photo_dataset)
+    cmd = _luigi("PrepareRun", "--overrides", '{"im_size": 64}', work=work, dataset=photo_dataset)
     proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120,
                           preexec_fn=limit_file_size)
     assert proc.returncode == 30, (proc.returncode, proc.stderr[-3000:])

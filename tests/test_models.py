@@ -9,11 +9,11 @@ import torch.nn as nn
 
 from models.colorizer import Colorizer
 from models.fcn import bilinear_kernel, bilinear_upsampler, crop, init_from_fcn, load_vgg16_bn_weights
-from models.registry import build_network as build_model
+from models.registry import ARCHITECTURES, build_network as build_model
 from models.vgg import VGGTrunk
 from pipeline.gmm import uniform_grid
 
-ARCHS = ["fcn32s", "fcn16s", "fcn8s"]
+ARCHS = list(ARCHITECTURES)
 W = 1 / 16  # channels 4, 8, 16, 32, 32, fc 256
 
 

@@ -11,7 +11,6 @@ import pytest
 
 import tasks
 from conftest import build, write_photo
-from pipeline import signature as sigmod
 from pipeline.gmm import load_gmm, posteriors
 from pipeline.color import ab_to_hue_chroma
 from pipeline.config import CONFIGS, resolve_config
@@ -23,12 +22,12 @@ CFG = 102   # tiny test config: 32 px images, K=4, low-pass 8, shard_size 4
 
 
 def labels(dataset, **overrides):
-    return tasks.LabelsFor(config=CFG, overrides=overrides, dataset=str(dataset))
+    return tasks.PrepareRun(config=CFG, overrides=overrides, dataset=str(dataset))
 
 
 def train_labels(dataset):
     """The LabelSplit task of the train split under the test config."""
-    return tasks.LabelSplit(**tasks.label_params(resolve_config(CFG), str(dataset), "train"))
+    return tasks.LabelSplit.from_cfg(resolve_config(CFG), dataset=str(dataset), split="train")
 
 
 def test_full_preprocessing_then_identical_rerun_runs_nothing(work, photo_dataset, ran):
@@ -131,12 +130,12 @@ def test_deleting_one_label_shard_recomputes_only_that_shard(work, photo_dataset
 def test_bumping_a_stage_version_reruns_that_stage_and_what_follows(work, photo_dataset, ran, monkeypatch):
     build(labels(photo_dataset))
     ran.clear()
-    monkeypatch.setitem(sigmod.STAGE_VERSIONS, "labels", 99)
+    monkeypatch.setattr(tasks.LabelShard, "version", 99)
     build(labels(photo_dataset))
     fam = ran.families()
     assert fam.count("LabelShard") >= 3 and fam.count("FitGMM") == 0 and fam.count("LabShard") == 0
     ran.clear()
-    monkeypatch.setitem(sigmod.STAGE_VERSIONS, "gmm", 99)
+    monkeypatch.setattr(tasks.FitGMM, "version", 99)
     build(labels(photo_dataset))
     fam = ran.families()
     assert fam.count("FitGMM") == 1 and fam.count("LabelShard") >= 3 and fam.count("LabShard") == 0
@@ -151,7 +150,7 @@ def test_uniform_binning_needs_no_fit_on_data(work, photo_dataset, ran):
 
 def test_two_workers_from_the_command_line_build_the_same_outputs(work, photo_dataset, ran):
     """`luigi --workers 2` in a fresh process (as users run it): same outputs as one worker."""
-    cmd = [sys.executable, "-m", "luigi", "--module", "tasks", "LabelsFor", "--config", str(CFG),
+    cmd = [sys.executable, "-m", "luigi", "--module", "tasks", "PrepareRun", "--config", str(CFG),
            "--dataset", str(photo_dataset), "--workers", "2", "--colorize-work-dir", str(work)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -161,7 +160,7 @@ def test_two_workers_from_the_command_line_build_the_same_outputs(work, photo_da
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1] == (
-        f"colorize-fcn: error: LabelsFor: ConfigError: unknown config 999; valid configs: {sorted(CONFIGS)}")
+        f"colorize-fcn: error: PrepareRun: ConfigError: unknown config 999; valid configs: {sorted(CONFIGS)}")
 
 
 def tasks_ran(ran):

@@ -26,12 +26,12 @@ def test_mixed_bad_files_every_usable_image_kept_every_other_counted(work, tmp_p
     train = good + [f"odd/{name}" for name in expected] + ["odd/listed_but_missing.jpg"]
     (root / "files_train.txt").write_text("\n".join(train) + "\n")
     (root / "files_val.txt").write_text("\n".join(good[:2]) + "\n")
-    build(tasks.LabelsFor(config=102, dataset=str(root)))
+    build(tasks.PrepareRun(config=102, dataset=str(root)))
 
     split = tasks.LabSplit(dataset=str(root), im_size=32, split="train", shard_size=4)
     manifest = json.loads(Path(split.output().path).read_text())
     kept = set()
-    for t in split.shard_tasks():
+    for t in split.requires():
         kept |= set(read_array(t.output().path, "paths"))
     usable = {f"odd/{n}" for n, reason in expected.items() if reason is None} | set(good)
     assert kept == usable                                   # every usable colour image is in the shards
@@ -58,7 +58,7 @@ def test_kill_9_mid_run_leaves_no_complete_looking_file_and_rerun_finishes(work,
         write_photo(root / rp, seed=i, size=(320, 240))
     (root / "files_train.txt").write_text("\n".join(files[4:]) + "\n")
     (root / "files_val.txt").write_text("\n".join(files[:4]) + "\n")
-    cmd = [sys.executable, "-m", "luigi", "--module", "tasks", "LabelsFor", "--config", "102",
+    cmd = [sys.executable, "-m", "luigi", "--module", "tasks", "PrepareRun", "--config", "102",
            "--overrides", '{"im_size": 128, "shard_size": 8}', "--dataset", str(root),
            "--colorize-work-dir", str(work)]
     for delay in (2.5, 4.0):                                 # kill at two different moments

@@ -32,7 +32,7 @@ def test_train_fcn16s_runs_the_whole_pipeline_and_writes_every_run_file(work, ph
         config = json.loads((run / "config.json").read_text())
         assert config["cfg"]["lr"] == resolve_config(CFG)["lr"] and len(config["git"]["revision"]) == 40
     ckpt = torch.load(t16.run_dir() / "best.pt", weights_only=True)
-    assert ckpt["model_settings"]["arch"] == "fcn16s"
+    assert ckpt["settings"]["arch"] == "fcn16s" and ckpt["settings"]["im_size"] == resolve_config(CFG)["im_size"]
     ran.clear()
     build(fcn16(photo_dataset))
     assert ran.families() == []
@@ -42,7 +42,7 @@ def test_changing_lr_reruns_only_training(work, photo_dataset, ran):
     build(fcn16(photo_dataset))
     ran.clear()
     build(fcn16(photo_dataset, lr=1e-3))
-    assert sorted(ran.families()) == ["TrainFCN16s", "TrainFCN32s"]
+    assert sorted(ran.families()) == ["PrepareRun", "PrepareRun", "TrainFCN16s", "TrainFCN32s"]
 
 
 def test_changing_k_reruns_labels_and_training_not_lab_shards(work, photo_dataset, ran):
@@ -60,23 +60,23 @@ def test_configs_with_equal_label_settings_share_label_shards(work, photo_datase
     ran.clear()
     build(tasks.TrainFCN32s(config=CFG, overrides={"weight_decay": 1e-4, "max_iteration": 10},
                             dataset=str(photo_dataset)))
-    assert ran.families() == ["TrainFCN32s"]
+    assert sorted(ran.families()) == ["PrepareRun", "TrainFCN32s"]
 
 
 def test_interrupted_training_resumes_from_its_checkpoint(work, photo_dataset, ran, monkeypatch):
-    import train.loop
-    real_fit = train.loop.fit
+    import train.fit
+    real_fit = train.fit.fit
 
     def crash_after_12(*args, **kwargs):
         real_fit(*args, **kwargs, stop_after=12)
         raise RuntimeError("simulated crash")
-    monkeypatch.setattr(train.loop, "fit", crash_after_12)
+    monkeypatch.setattr(train.fit, "fit", crash_after_12)
     t32 = tasks.TrainFCN32s(config=CFG, dataset=str(photo_dataset))
     result = tasks.luigi.build([t32], local_scheduler=True, log_level="WARNING")
-    assert not result and not Path(t32.output().path).exists()
-    monkeypatch.setattr(train.loop, "fit", real_fit)
+    assert not result and not Path(t32.output()["done"].path).exists()
+    monkeypatch.setattr(train.fit, "fit", real_fit)
     build(tasks.TrainFCN32s(config=CFG, dataset=str(photo_dataset)))
-    done = json.loads(Path(t32.output().path).read_text())
+    done = json.loads(Path(t32.output()["done"].path).read_text())
     assert done["resumed_from"] == 10 and done["iterations"] == 20
     rows = [r["iteration"] for r in csv.DictReader(open(t32.run_dir() / "log.csv")) if r["split"] == "valid"]
     assert rows == ["10", "20"]

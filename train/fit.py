@@ -67,6 +67,7 @@ class TrainState:
     meter: ConfusionMeter                 # train confusion matrix since the last validation
     world_size: int = 1                   # ranks; batches are per-rank shares of the global batch
     class_weights: torch.Tensor = None    # (K,) rebalancing weights or None
+    kl_reduction: str = "sum_k"           # the loss's reduction over K (train.loss.kl_loss)
     iteration: int = 0                    # optimiser steps done
     epoch: int = 0                        # pass over the training set in progress
     position: int = 0                     # images of that epoch consumed (all ranks together)
@@ -124,7 +125,8 @@ def train_one_epoch(model, loader, optimizer, device, state: TrainState, max_ite
         x, target = _to_device(x, target, device)
         with autocast(device):
             scores = model(x)
-        loss, labels = kl_loss(scores, target, state.class_weights, return_labels=True)
+        loss, labels = kl_loss(scores, target, state.class_weights, return_labels=True,
+                               reduction=state.kl_reduction)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -146,7 +148,8 @@ def train_one_epoch(model, loader, optimizer, device, state: TrainState, max_ite
 
 
 @torch.inference_mode()
-def evaluate(model, loader, device, n_classes, class_weights=None, all_reduce=False) -> dict:
+def evaluate(model, loader, device, n_classes, class_weights=None, all_reduce=False,
+             reduction="sum_k") -> dict:
     """Eval-mode loss and scores over every image of `loader`:
     dict(loss, acc, acc_cls, mean_iu, fwavacc), loss = mean KL over all pixels.
     all_reduce: `loader` holds this rank's share of the split; the loss sums, image counts
@@ -164,7 +167,7 @@ def evaluate(model, loader, device, n_classes, class_weights=None, all_reduce=Fa
         x, target = _to_device(x, target, device)
         with autocast(device):
             scores = model(x)
-        loss, labels = kl_loss(scores, target, class_weights, return_labels=True)
+        loss, labels = kl_loss(scores, target, class_weights, return_labels=True, reduction=reduction)
         total += loss.double() * x.shape[0]
         n += x.shape[0]
         meter.update(scores, labels)
@@ -184,7 +187,8 @@ def validate(colorizer, val_loader, device, state: TrainState) -> dict:
     if state.world_size > 1:
         ddp.all_reduce_(state.meter.hist)
     train_row = {"loss": state.loss_sum / max(state.steps, 1), **state.meter.scores()}
-    val_row = evaluate(colorizer, val_loader, device, colorizer.n_classes, all_reduce=state.world_size > 1)
+    val_row = evaluate(colorizer, val_loader, device, colorizer.n_classes, all_reduce=state.world_size > 1,
+                       reduction=state.kl_reduction)
     state.loss_sum, state.steps = 0.0, 0
     state.meter.reset()
     state.last_val = dict(val_row)
@@ -315,7 +319,7 @@ def fit(run_dir, inputs, device="auto", loader_workers=0, log=print, on_step=Non
     if world_size > 1:
         ddp.seed_rank(seed, rank, 0)                       # own dropout masks on every rank
     state = TrainState(meter=ConfusionMeter(n_classes, device), world_size=world_size,
-                       class_weights=class_weights)
+                       class_weights=class_weights, kl_reduction=cfg["kl_reduction"])
     resumed_from = None
     if resume is not None:
         _check_resume(resume, cfg, settings)

@@ -5,8 +5,15 @@ import torch.nn.functional as F
 from models.decoders import upsample_posteriors
 
 
-def kl_loss(scores, target, class_weights=None, return_labels=False):
+REDUCTIONS = ("sum_k", "mean_k")
+
+
+def kl_loss(scores, target, class_weights=None, return_labels=False, reduction="sum_k"):
     """KL(target || softmax(scores)) summed over K, averaged over pixels and images.
+
+    reduction "mean_k" divides that by K: the original's F.kl_div(size_average=True), a
+    mean over every element (batch, K, H, W), whose gradient is K times smaller next to
+    the same weight decay (config key kl_reduction; 7/14/15 use it).
 
     scores (N, K, H, W) (any float dtype; computed in float32); target (N, K, s, s)
     posteriors at the target resolution, upsampled to (H, W) bilinearly (an
@@ -22,5 +29,7 @@ def kl_loss(scores, target, class_weights=None, return_labels=False):
     labels = target.argmax(1) if (return_labels or class_weights is not None) else None
     if class_weights is not None:
         kl = kl * class_weights.to(kl.device, kl.dtype)[labels]
-    loss = kl.mean()
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    loss = kl.mean() if reduction == "sum_k" else kl.mean() / scores.shape[1]
     return (loss, labels) if return_labels else loss

@@ -7,7 +7,8 @@ log.csv columns (fixed, one 'train' and one 'valid' row per validation):
              mean of the per-step objective, incl. class weights if any; scores from
              the confusion matrix of those steps, in train mode: dropout on).
              'valid': the whole validation split in eval mode; loss = plain KL.
-  loss       KL(target || softmax(scores)), summed over K, mean over pixels and images
+  loss       KL(target || softmax(scores)), summed over K (divided by K with kl_reduction
+             "mean_k", as the original), mean over pixels and images
   acc, acc_cls, mean_iu, fwavacc   argmax-cluster scores (train.metrics)
   lr         learning rate of the first parameter group
   elapsed_s  wall-clock seconds since the run started, summed over resumed sessions
