@@ -1,0 +1,46 @@
+"""bench/gpu_train.py cannot rot: its --smoke run (seconds, CPU or GPU) trains both archs
+through the real loader and prints the bench JSON line; without CUDA the full run is a no-op."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "bench" / "gpu_train.py"
+
+
+def last_json_line(*args):
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_gpu_train_smoke_reports_every_combination():
+    result = last_json_line("--smoke")
+    assert {"bench", "value", "unit", "goal", "rows"} <= set(result)
+    assert (result["bench"], result["unit"], result["goal"]) == ("gpu_train", "img/s", 800)
+    assert math.isfinite(result["value"]) and result["value"] > 0
+    rows, skipped = result["rows"], result["skipped"]
+    assert {r["arch"] for r in rows} == {"fcn32s", "fcn16s"}
+    assert len(rows) + len(skipped) == 4                      # 2 archs x (fp32, bf16)
+    assert {"fp32"} <= {r["precision"] for r in rows}
+    for r in rows:
+        assert math.isfinite(r["img_per_s"]) and r["img_per_s"] > 0
+        assert r["steps"] == 2 and r["batch"] == 2
+        assert 0 < r["data_wait_frac"] < 1                   # a worker process fed every step
+        assert math.isfinite(r["loss"]) and r["loss"] > 0
+        assert (r["peak_gib"] is None) == (not torch.cuda.is_available())
+    headline = [r for r in rows if (r["arch"], r["precision"]) == ("fcn16s", "bf16")]
+    if headline:
+        assert result["value"] == headline[0]["img_per_s"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: the full run would run")
+def test_gpu_train_without_cuda_is_a_null_result():
+    result = last_json_line()
+    assert result["bench"] == "gpu_train" and result["value"] is None
