@@ -51,15 +51,17 @@ sys.path.insert(0, str(REPO))
 import pipeline  # noqa: E402,F401  (sets OMP_WAIT_POLICY before torch loads)
 import torch  # noqa: E402
 
-from models.fcn import build_model  # noqa: E402
+from models.colorizer import Colorizer  # noqa: E402
 from pipeline.config import resolve_config  # noqa: E402
-from pipeline.datasets import generate_imagenet_like, list_split  # noqa: E402
+from pipeline.splits import list_split  # noqa: E402
+from pipeline.synthetic import generate_imagenet_like  # noqa: E402
 from pipeline.gmm import fit_gmm  # noqa: E402
 from pipeline.preprocess import build_label_shard, build_lab_shard, gmm_features, mean_lightness  # noqa: E402
 from train.data import ShardDataset, make_loader  # noqa: E402
 from train.metrics import ConfusionMeter  # noqa: E402
 # The trainer's loss and optimiser.  train/loop.py is being split: when they move, fix this line.
-from train.loop import kl_loss, make_optimizer  # noqa: E402
+from train.fit import make_optimizer  # noqa: E402
+from train.loss import kl_loss  # noqa: E402
 
 CONFIG = 14                 # experiment config whose sizes and optimiser are measured
 GOAL = 800                  # img/s for the headline combination on one H200
@@ -109,8 +111,8 @@ def log(msg):
 
 # ----------------------------------------------------------------------------- data
 def build_shards(tmp, cfg, n_images):
-    """Generated JPEGs -> Lab + label shards, as LabelsFor builds them (cfg's im_size,
-    shard_size, GMM sampling, K, low-pass).  Returns ([(lab, label), ...], mean_L)."""
+    """Generated JPEGs -> Lab + label shards, as PrepareRun builds them (cfg's im_size,
+    shard_size, GMM sampling, K, low-pass).  Returns ([(lab, label), ...], mean_L, gmm)."""
     data = tmp / "data"
     generate_imagenet_like(data, n_images, seed=0, val_fraction=0.0)
     relpaths = list_split(data, "train")
@@ -127,15 +129,15 @@ def build_shards(tmp, cfg, n_images):
         label = lab.with_name(lab.name.replace("lab-", "labels-"))
         build_label_shard(lab, gmm, cfg["img_lowpass"], label, sig=label.stem)
         pairs.append((lab, label))
-    return pairs, mean_lightness(labs, cfg["mean_pixels"])
+    return pairs, mean_lightness(labs, cfg["mean_pixels"]), gmm
 
 
-def timed_batches(pairs, mean_L, cfg, batch, workers, n_steps, pin_memory):
+def timed_batches(pairs, cfg, batch, workers, n_steps, pin_memory):
     """A loader iterator over at least n_steps batches (the shard list repeated so that
     no epoch boundary falls inside), and the dataset to close afterwards."""
-    n_unique = len(ShardDataset(pairs, mean_L, flip=False))
+    n_unique = len(ShardDataset(pairs, flip=False))
     repeats = math.ceil(n_steps * batch / n_unique)
-    dataset = ShardDataset(pairs * repeats, mean_L, flip=bool(cfg["flip"]))
+    dataset = ShardDataset(pairs * repeats, flip=bool(cfg["flip"]))
     loader = make_loader(dataset, batch, shuffle=True, workers=workers, seed=cfg["seed"],
                          pin_memory=pin_memory, drop_last=True)
     return iter(loader), dataset
@@ -153,16 +155,17 @@ def bf16_works(device):
         return False
 
 
-def run_combination(combo, pairs, mean_L, cfg, args, device):
+def run_combination(combo, pairs, mean_L, gmm, cfg, args, device):
     """Train `combo` for warm-up + timed steps; return its table row (a dict)."""
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     fmt = FORMATS[combo["format"]]
     warmup = args.warmup + PREFETCH * combo["workers"]   # drain the queue filled during step 1
-    batches, dataset = timed_batches(pairs, mean_L, cfg, combo["batch"], combo["workers"],
+    batches, dataset = timed_batches(pairs, cfg, combo["batch"], combo["workers"],
                                      warmup + args.steps, pin_memory=cuda)
     torch.manual_seed(int(cfg["seed"]))
-    model = build_model(combo["arch"], int(cfg["n_clusters"]), cfg["width"]).to(device, memory_format=fmt)
+    model = Colorizer(combo["arch"], int(cfg["n_clusters"]), cfg["width"], cfg["im_size"], mean_L, gmm)
+    model = model.to(device, memory_format=fmt)
     model.train()
     forward = torch.compile(model) if args.compile else model
     optimizer = make_optimizer(model, cfg)
@@ -178,7 +181,7 @@ def run_combination(combo, pairs, mean_L, cfg, args, device):
         target = target.to(device, non_blocking=cuda)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=combo["precision"] == "bf16"):
             scores = forward(x)
-        loss, labels = kl_loss(scores, target, return_labels=True)
+        loss, labels = kl_loss(scores, target, return_labels=True, reduction=cfg["kl_reduction"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -261,14 +264,14 @@ def main():
     rows = []
     try:
         log(f"gpu_train: building {args.n_images} images of shards at {cfg['im_size']} px ...")
-        pairs, mean_L = build_shards(tmp, cfg, args.n_images)
+        pairs, mean_L, gmm = build_shards(tmp, cfg, args.n_images)
         shard_s = time.perf_counter() - t_start
         log(f"gpu_train: shards ready in {shard_s:.1f} s; {len(combos)} combinations on {device}")
         for combo in combos:
             if time.perf_counter() - t_start > args.max_seconds:
                 skipped.append(dict(combo, why=f"--max-seconds {args.max_seconds:g} reached"))
                 continue
-            rows.append(run_combination(combo, pairs, mean_L, cfg, args, device))
+            rows.append(run_combination(combo, pairs, mean_L, gmm, cfg, args, device))
             log("gpu_train: " + json.dumps(rows[-1]))
             if cuda:
                 torch.cuda.empty_cache()                     # the next combination's peak is its own
