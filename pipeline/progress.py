@@ -1,8 +1,11 @@
 """The one console progress display of every stage (shards, training, colorize).
 
-On a terminal it redraws one line in place (at most 10 times a second); in a
-log file or CI it prints a plain line every ~10% of the work (only the last
-one for fewer than 20 units), so it never floods output.  Each line shows done/total, the rate, elapsed time and an ETA.
+On a terminal it redraws one line in place (at most 10 times a second).  In a
+log file or CI it prints a plain line every ~10% of the work or every
+`interval_s` seconds (default 60), whichever comes first, so a 100,000-step run
+still reports every minute and a short one never floods the output (fewer than
+20 units: only the last line).  Each line shows done/total, the rate, elapsed
+time and an ETA; note() prints a message line (a validation result) between them.
 """
 import sys
 import time
@@ -23,13 +26,15 @@ class Progress:
     run), so the rate and ETA count only this session's work.  total may come later,
     with update()."""
 
-    def __init__(self, total, desc: str, stream=None, start: int = 0, unit: str = "/s"):
-        self.total, self.desc, self.unit = total, desc, unit
+    def __init__(self, total, desc: str, stream=None, start: int = 0, unit: str = "/s",
+                 interval_s: float = 60.0):
+        self.total, self.desc, self.unit, self.interval_s = total, desc, unit, interval_s
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.t0 = self.last_draw = time.perf_counter()
         self.start = self.done = int(start)
         self._last_decile = int(10 * start / total) if total else -1
+        self._open_line = False               # a tty line drawn in place, not yet ended
 
     def line(self, info: str = "") -> str:
         elapsed = time.perf_counter() - self.t0
@@ -44,20 +49,29 @@ class Progress:
         self.total = max(int(total or self.total or 1), 1)
         self.done += n
         finished = self.done >= self.total
+        now = time.perf_counter()
         if self.tty:
-            now = time.perf_counter()
             if finished or now - self.last_draw >= 0.1:
                 self.stream.write("\r" + self.line(info) + ("\n" if finished else ""))
+                self._open_line = not finished
                 self.last_draw = now
         else:
             decile = int(10 * self.done / self.total)
-            if finished or (self.total >= 20 and decile != self._last_decile):
-                self._last_decile = decile
+            due = self.total >= 20 and (decile != self._last_decile or now - self.last_draw >= self.interval_s)
+            if finished or due:
+                self._last_decile, self.last_draw = decile, now
                 self.stream.write(self.line(info) + "\n")
+        self.stream.flush()
+
+    def note(self, text: str) -> None:
+        """Print a message on a line of its own (ending an in-place progress line first)."""
+        self.stream.write(("\n" if self._open_line else "") + text + "\n")
+        self._open_line = False
         self.stream.flush()
 
     def close(self) -> None:
         """End an unfinished in-place line (a run stopped early)."""
-        if self.tty and self.done < self.total:
+        if self._open_line:
             self.stream.write("\n")
             self.stream.flush()
+            self._open_line = False

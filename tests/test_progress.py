@@ -1,0 +1,77 @@
+"""The one progress display: what it prints on a terminal and in a log."""
+import io
+import re
+
+from pipeline import progress as progress_module
+from pipeline.progress import Progress, format_seconds
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+class TTY(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_format_seconds():
+    assert [format_seconds(s) for s in (0, 12.3, 59.6, 754, 7384)] == ["0s", "12s", "1m00s", "12m34s", "2h03m"]
+
+
+def test_log_lines_every_tenth_with_rate_elapsed_and_eta(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(progress_module.time, "perf_counter", clock)
+    out = io.StringIO()
+    bar = Progress(100, "train", stream=out, unit=" it/s")
+    for _ in range(100):
+        clock.t += 0.5                                     # 2 it/s
+        bar.update(1, "loss 0.5000")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 10
+    assert lines[4] == "train 50/100 (50%) 2.00 it/s elapsed 25s ETA 25s  loss 0.5000"
+    assert lines[-1].startswith("train 100/100 (100%) 2.00 it/s elapsed 50s ETA 0s")
+
+
+def test_log_lines_on_a_timer_when_tenths_are_slow(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(progress_module.time, "perf_counter", clock)
+    out = io.StringIO()
+    bar = Progress(100_000, "train", stream=out, start=50_000, interval_s=60)
+    for _ in range(300):                                   # 300 steps of 1 s: 5 minutes, 0.3 %
+        clock.t += 1
+        bar.update(1)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 5                                 # one a minute, none for tenths
+    assert re.match(r"train 50060/100000 \(50%\) 1.00/s elapsed 1m00s ETA 13h52m$", lines[0]), lines[0]
+
+
+def test_short_jobs_print_only_their_last_line_and_resume_counts_this_session(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(progress_module.time, "perf_counter", clock)
+    out = io.StringIO()
+    bar = Progress(None, "lab abc", stream=out)
+    for i in range(4):
+        clock.t += 1
+        bar.update(1, total=4)
+    assert out.getvalue() == "lab abc 4/4 (100%) 1.00/s elapsed 4s ETA 0s\n"
+
+
+def test_terminal_redraws_in_place_and_notes_start_a_new_line(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(progress_module.time, "perf_counter", clock)
+    out = TTY()
+    bar = Progress(3, "train", stream=out)
+    clock.t += 1
+    bar.update(1)
+    bar.note("valid iter 1: loss 0.5 (new best)")
+    clock.t += 1
+    bar.update(1)
+    bar.close()
+    assert out.getvalue() == ("\rtrain 1/3 (33%) 1.00/s elapsed 1s ETA 2s\n"
+                              "valid iter 1: loss 0.5 (new best)\n"
+                              "\rtrain 2/3 (67%) 1.00/s elapsed 2s ETA 1s\n")
