@@ -24,5 +24,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
 
+# Deletes the caches (rebuilt on demand), never the trained runs under $(WORK)/runs.
+# `colorize-fcn gc` deletes only the caches no run uses (README "Runs and caches").
+WORK ?= work
 clean:
-	rm -rf work
+	rm -rf $(WORK)/lab $(WORK)/labels $(WORK)/gmm $(WORK)/stats $(WORK)/cache
+	@echo "kept $(WORK)/runs (trained runs); delete it by hand to remove them"

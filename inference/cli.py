@@ -18,6 +18,8 @@ import sys
 
 from models.registry import DECODERS, DEFAULT_DECODER, DEFAULT_TEMPERATURE   # no torch: --help stays fast
 
+from . import caches, runs
+
 
 def _positive_float(text):
     try:
@@ -63,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--threads", type=_positive_int, default=4, help="decode/write threads (default 4)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    runs.add_parser(sub)
+    caches.add_parser(sub)
     return parser
 
 
@@ -109,6 +113,8 @@ def cmd_colorize(args) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(args, "handler"):           # runs, gc
+        return args.handler(args)
     if args.command == "colorize":
         return cmd_colorize(args)
     return 2
