@@ -27,6 +27,7 @@ from pipeline.atomic import remove_stale_temporaries, write_text_atomic
 from pipeline.config import resolve_config
 from pipeline.fingerprint import MODES as FINGERPRINT_MODES
 from pipeline.gmm import fit_gmm, load_gmm, save_gmm, uniform_grid
+from pipeline.luigi_params import OverridesParameter
 from pipeline.plan import plan_shards
 from pipeline.preprocess import build_label_shard, build_lab_shard, gmm_features, mean_lightness
 from pipeline.prior import cluster_prior, rebalance_weights
@@ -35,7 +36,7 @@ from pipeline.run_inputs import RunInputs
 from pipeline.samples import materialise_samples
 from pipeline.shards import COMPRESSION, read_attrs
 from pipeline.signature import signature
-from pipeline.splits import list_split
+from pipeline.splits import list_nonempty_split
 
 log = logging.getLogger("luigi-interface")
 
@@ -150,7 +151,7 @@ class LabSplit(LabParams):
 
     @cached_property
     def plans(self):
-        return plan_shards(self.root(), list_split(self.root(), self.split), self.shard_size, self.im_size,
+        return plan_shards(self.root(), list_nonempty_split(self.root(), self.split), self.shard_size, self.im_size,
                            fingerprint=colorize().fingerprint, cache_dir=work_dir() / "cache" / "fingerprints")
 
     def requires(self):
@@ -315,7 +316,7 @@ _NOT_IN_RUN_SIG = ("config", "init_config")
 class ConfigTask(Stage):
     """A task of one experiment: config number + overrides on a dataset, for one architecture."""
     config = luigi.IntParameter(description="experiment config number (pipeline/config.py)")
-    overrides = luigi.DictParameter(default={}, description='JSON dict of config keys to change, e.g. {"lr": 1e-4}')
+    overrides = OverridesParameter(default={}, description='JSON dict of config keys to change, e.g. {"lr": 1e-4}')
     dataset = luigi.Parameter(default="", description="dataset root ('' = [colorize] dataset)")
 
     @cached_property

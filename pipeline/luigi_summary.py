@@ -1,21 +1,35 @@
-"""Exit codes of `luigi` runs under a central scheduler; tasks.py imports this.
+"""What a `luigi --module tasks` run reports: its exit code, one line per failed task and
+what failed in all; tasks.py imports this.  (Console and log file: pipeline/luigi_logging.py.)
 
-With a central scheduler another `luigi` process may build tasks this one scheduled.
-Luigi's run summary, and the exit code the `luigi` command makes from it, only know what
-this process saw: such tasks count as "run by another worker" (retcode already_running)
-or "not run" (retcode not_run) even when they, and the root task, are complete at the
-end (spotify/luigi#1660).  Count the ones complete by then as already done, so that the
-exit code is 0 when nothing failed and all the work is done, whoever did it.  This wraps
-a private Luigi function (execution_summary._summary_dict): recheck on Luigi upgrades.
+Exit codes.  With a central scheduler another `luigi` process may build tasks this one
+scheduled.  Luigi's run summary, and the exit code the `luigi` command makes from it, only
+know what this process saw: such tasks count as "run by another worker" (retcode
+already_running) or "not run" (retcode not_run) even when they, and the root task, are
+complete at the end (spotify/luigi#1660).  Count the ones complete by then as already done,
+so that the exit code is 0 when nothing failed and all the work is done, whoever did it.
+This wraps a private Luigi function (execution_summary._summary_dict): recheck on Luigi
+upgrades.
+
+Errors.  Every failed task -- bad config or dataset found while scheduling, an exception in
+run(), a worker process that died -- is logged once, as it happens, as one line
+`colorize-fcn: error: <Task>: <Type>: <message>` on the "colorize-fcn" logger; Luigi logs
+the traceback.  A bad command-line value ends the command before any work with the
+scheduling_error exit code and one such line (bad_command_line).
 """
-import atexit
+import logging
 import sys
 
 import luigi
 import luigi.execution_summary
+import luigi.retcodes
+from luigi.cmdline_parser import CmdlineParser
+
+ERROR_LOGGER = "colorize-fcn"
+_errors = logging.getLogger(ERROR_LOGGER)
 
 _WAITED_ON = ("still_pending_not_ext", "run_by_other_worker", "upstream_run_by_other_worker", "not_run")
 _luigi_summary_dict = luigi.execution_summary._summary_dict
+_last_run = {}     # status -> number of tasks, of the latest run summary in this process
 
 
 def _is_complete(task) -> bool:
@@ -31,38 +45,83 @@ def _summary_dict(worker):
     for key in _WAITED_ON:
         sets[key] -= finished
     sets["already_done"] |= finished
+    _last_run.clear()
+    _last_run.update({status: len(tasks) for status, tasks in sets.items()})
     return sets
 
 
 luigi.execution_summary._summary_dict = _summary_dict
 
 
-# Errors found while scheduling (unknown config or key, missing dataset, bad split) reach
-# the user as a traceback followed by Luigi's summary.  Repeat each as one line at exit,
-# so the last thing on the screen says what is wrong.
-_SCHEDULING_ERRORS = []
+def run_problems() -> list:
+    """What went wrong in the latest run, e.g. ['6 tasks failed']; [] when nothing did."""
+    def n_tasks(n):
+        return f"{n} task{'s' if n != 1 else ''}"
+    problems = []
+    if _last_run.get("failed"):
+        problems.append(f"{n_tasks(_last_run['failed'])} failed")
+    if _last_run.get("scheduling_error"):
+        problems.append(f"{n_tasks(_last_run['scheduling_error'])} could not be scheduled")
+    if _last_run.get("still_pending_ext"):
+        problems.append(f"{n_tasks(_last_run['still_pending_ext'])} missing external data")
+    return problems
 
 
-@luigi.Task.event_handler(luigi.Event.BROKEN_TASK)
-def _remember_scheduling_error(task, exception):
-    line = f"colorize-fcn: error: {task.get_task_family()}: {type(exception).__name__}: {exception}"
-    line = line.splitlines()[0]
-    if line not in _SCHEDULING_ERRORS:
-        _SCHEDULING_ERRORS.append(line)
+# ------------------------------------------------------------------------------ one line each
+_reported = set()
+
+
+def _describe(error) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def error_line(task_family: str, what) -> str:
+    """`colorize-fcn: error: <Task>: <first line of what>`."""
+    lines = [line for line in str(what).splitlines() if line.strip()]
+    return f"colorize-fcn: error: {task_family}: {lines[0] if lines else '?'}"
+
+
+def report_error(task, what) -> None:
+    """Log the task's error line, once per process."""
+    line = error_line(task.get_task_family(), what)
+    if line not in _reported:
+        _reported.add(line)
+        _errors.error(line)
+
+
+@luigi.Task.event_handler(luigi.Event.BROKEN_TASK)       # requires() raised while scheduling
+@luigi.Task.event_handler(luigi.Event.FAILURE)           # run() raised
+def _report_exception(task, exception):
+    report_error(task, _describe(exception))
 
 
 @luigi.Task.event_handler(luigi.Event.DEPENDENCY_MISSING)
-def _remember_complete_error(task):
-    """Luigi passes no exception when complete() raised; ask again to get its message."""
+def _report_complete_error(task):
+    """complete() raised while scheduling: Luigi passes no exception; ask again for its message
+    (an external task whose data is missing comes here too, and raises nothing)."""
     try:
         task.complete()
     except Exception as exception:  # noqa: BLE001 - reported, as Luigi already failed the task
-        _remember_scheduling_error(task, exception)
+        report_error(task, _describe(exception))
 
 
-def _print_scheduling_errors():
-    for line in _SCHEDULING_ERRORS:
-        print(line, file=sys.stderr)
+@luigi.Task.event_handler(luigi.Event.PROCESS_FAILURE)   # its worker process died (e.g. killed)
+@luigi.Task.event_handler(luigi.Event.TIMEOUT)
+def _report_death(task, message):
+    report_error(task, message)
 
 
-atexit.register(_print_scheduling_errors)
+# ------------------------------------------------------------------------------ the command line
+def bad_command_line(error: Exception):
+    """For a parameter's parse(): a value that fails it on the `luigi` command line ends the
+    command with [retcode] scheduling_error and one error line, before any work.  (Raised
+    from parse(), an exception would be Luigi's "Uncaught exception", a traceback and
+    retcode unhandled_exception.)  Returns `error` to raise when no command line is being
+    parsed (luigi.build, a task made from Python)."""
+    parser = CmdlineParser.get_instance()
+    if parser is None:
+        return error
+    task = getattr(parser.known_args, "root_task", None) or "luigi"
+    print(error_line(task, _describe(error)), file=sys.stderr, flush=True)
+    raise SystemExit(luigi.retcodes.retcode().scheduling_error)

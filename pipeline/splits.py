@@ -221,6 +221,17 @@ def list_split(root: str | os.PathLike, split: str) -> list[str]:
     return splits[split]
 
 
+def list_nonempty_split(root: str | os.PathLike, split: str) -> list[str]:
+    """`list_split`, but a split without files is a ValueError naming its list file (or
+    the plain folder): a pipeline stage cannot train, fit or validate on nothing."""
+    files = list_split(root, split)
+    if not files:
+        lists = _split_lists(Path(root))
+        where = lists[split] if split in lists else f"plain image folder {root}"
+        raise ValueError(f"split {split!r} is empty: {where} lists no images")
+    return files
+
+
 
 def write_split_lists(root: str | os.PathLike, splits: Mapping[str, Iterable[str]]) -> None:
     """Write ``files_<split>.txt`` for each split, atomically (temporary file

@@ -1,0 +1,147 @@
+"""Expected failures through the `luigi` command, as users meet them: the exit code, one
+line per failed task and a closing line naming the log file on the console, no traceback
+there (the log file has it), and nothing built first.  README "Set-up"."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+ENV.pop("COLORIZE_DEBUG", None)
+MAX_LINES = 15           # error lines + Luigi's run summary (~10 lines) + the closing line
+FULL_LOG = re.compile(r"tracebacks and the full log: (\S+)")
+
+
+def _luigi(task, *args, work, dataset):
+    return [sys.executable, "-m", "luigi", "--module", "tasks", task, "--config", "102",
+            "--dataset", str(dataset), "--colorize-work-dir", str(work), *args]
+
+
+def _run_all(cmds, env=ENV):
+    """Run the commands at once (each is mostly start-up); [(exit code, stderr)]."""
+    procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for cmd in cmds]
+    results = []
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=120)
+        results.append((proc.returncode, stderr))
+    return results
+
+
+def _log_file(stderr) -> Path:
+    """The log file the closing line names."""
+    found = FULL_LOG.search(stderr.strip().splitlines()[-1])
+    assert found, stderr
+    return Path(found.group(1))
+
+
+@pytest.mark.parametrize("overrides, says", [
+    ("{lr: 1e-5}", "overrides '{lr: 1e-5}' are not valid JSON"),
+    ("[1, 2]", "overrides must be a JSON object"),
+    ('{"lr": -1}', "overrides: lr must be a number > 0, got -1"),
+    ('{"img_lowpass": 0}', "overrides: img_lowpass must be an integer >= 1, got 0"),
+])
+def test_a_bad_overrides_value_is_one_line_and_exit_35_before_anything_is_written(
+        tmp_path, photo_dataset, overrides, says):
+    work = tmp_path / "work"
+    [(code, stderr)] = _run_all([_luigi("PrepareRun", "--overrides", overrides, work=work, dataset=photo_dataset)])
+    assert code == 35, stderr
+    [line] = stderr.splitlines()
+    assert line.startswith(f"colorize-fcn: error: PrepareRun: ConfigError: {says}"), line
+    assert not work.exists()
+
+
+def test_config_and_dataset_errors_are_one_line_each_exit_35_and_the_log_has_the_traceback(
+        tmp_path, photo_dataset):
+    """Errors found while scheduling: resolve_config's (keys that do not fit together, an
+    unknown config) for every kind of root task, a missing dataset, an empty split list."""
+    empty_split = tmp_path / "empty-split"
+    empty_split.mkdir()
+    (empty_split / "files_train.txt").write_text("")
+    (empty_split / "files_val.txt").write_text("val/v0.png\n")
+    misfit = ("--overrides", '{"img_lowpass": 3}')
+    cases = [  # (task, extra args, dataset, what the error line says)
+        ("TrainFCN16s", misfit, photo_dataset, "ConfigError: config 102 with overrides: im_size 32 must be a "
+                                               "multiple of img_lowpass 3"),
+        ("Evaluate", misfit, photo_dataset, "ConfigError: config 102 with overrides: im_size 32"),
+        ("PrepareRun", misfit, photo_dataset, "ConfigError: config 102 with overrides: im_size 32"),
+        ("PrepareRun", ("--config", "999"), photo_dataset, "ConfigError: unknown config 999; valid configs: "),
+        ("PrepareRun", (), tmp_path / "nowhere", f"dataset root does not exist: '{tmp_path / 'nowhere'}'"),
+        ("PrepareRun", (), empty_split, f"split 'train' is empty: {empty_split / 'files_train.txt'} lists no "
+                                        "images"),
+    ]
+    works = [tmp_path / f"work{i}" for i in range(len(cases))]
+    results = _run_all([_luigi(task, *args, work=work, dataset=dataset)
+                        for (task, args, dataset, _), work in zip(cases, works)])
+    for (task, _, _, says), work, (code, stderr) in zip(cases, works, results):
+        lines = stderr.strip().splitlines()
+        assert code == 35 and "Traceback" not in stderr and len(lines) <= MAX_LINES, (task, says, stderr)
+        assert [line for line in lines if line.startswith("colorize-fcn: error:")] == [
+            line for line in lines if line.startswith(f"colorize-fcn: error: {task}: ") and says in line], stderr
+        assert any(says in line for line in lines), (says, stderr)
+        assert lines[-1].startswith("colorize-fcn: 1 task could not be scheduled; ")
+        log = _log_file(stderr)
+        assert log.parent == work / "logs"
+        assert "Traceback (most recent call last)" in log.read_text() and says in log.read_text()
+        assert {p.relative_to(work).parts[0] for p in work.rglob("*") if p.is_file()} == {"logs"}  # no work
+
+
+def test_colorize_debug_shows_the_tracebacks_on_the_console(tmp_path, photo_dataset):
+    [(code, stderr)] = _run_all([_luigi("PrepareRun", "--config", "999", work=tmp_path / "work",
+                                        dataset=photo_dataset)], env={**ENV, "COLORIZE_DEBUG": "1"})
+    assert code == 35 and "Traceback (most recent call last)" in stderr
+    assert "colorize-fcn: error: PrepareRun: ConfigError: unknown config 999" in stderr
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """A folder this process cannot write to: chmod 555, or as root (where modes do not
+    apply) the immutable attribute; skipped where neither works."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    immutable = False
+    if os.access(folder, os.W_OK):
+        immutable = subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+        if not immutable:
+            folder.chmod(0o755)
+            pytest.skip("running as root and chattr +i is not available: cannot make a read-only folder")
+    yield folder
+    if immutable:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    folder.chmod(0o755)
+
+
+def test_a_read_only_work_dir_is_one_line_per_failed_task_and_the_log_goes_elsewhere(read_only, photo_dataset):
+    [(code, stderr)] = _run_all([_luigi("PrepareRun", work=read_only, dataset=photo_dataset)])
+    lines = stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("colorize-fcn: error: ")]
+    assert code == 30 and "Traceback" not in stderr, stderr
+    assert errors and all(re.match(r"colorize-fcn: error: LabShard: (OSError|PermissionError): ", line)
+                          and f"cannot write {read_only}" in line for line in errors), stderr
+    assert "INFO: [pid" not in stderr and "Informed scheduler" not in stderr      # Luigi's per-task chatter
+    assert lines[-1].startswith(f"colorize-fcn: {len(errors)} tasks failed; "), stderr
+    log = _log_file(stderr)
+    try:
+        assert not log.is_relative_to(read_only)
+        text = log.read_text()
+        assert text.count("Traceback (most recent call last)") >= len(errors) and "Informed scheduler" in text
+    finally:
+        log.unlink()
+    assert len(lines) <= MAX_LINES + 3 * len(errors)     # + each shard's progress line, before the error
+
+
+def test_overrides_are_checked_on_parsing_and_raise_outside_a_command_line():
+    """In Python (luigi.build, a config file read there) a bad value is a ConfigError, not an exit."""
+    from pipeline.config import ConfigError
+    from pipeline.luigi_params import OverridesParameter
+    param = OverridesParameter(default={})
+    assert dict(param.parse('{"lr": 1}')) == {"lr": 1.0}
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        param.parse("{lr: 1}")
+    with pytest.raises(ConfigError, match="lr must be a number > 0"):
+        param.parse('{"lr": -1}')
