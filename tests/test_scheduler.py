@@ -93,7 +93,8 @@ def _scheduler_env(tmp_path):
     on a shared, busy CPU, torch's default threads spin against each other (~20x slower)."""
     overlay = tmp_path / "central.cfg"
     overlay.write_text("[core]\nlocal_scheduler = false\n")
-    return {**os.environ, "LUIGI_CONFIG_PATH": str(overlay), "OMP_NUM_THREADS": "1"}
+    return {**os.environ, "LUIGI_CONFIG_PATH": str(overlay), "OMP_NUM_THREADS": "1",
+            "COLORIZE_DEBUG": "1"}    # Luigi's "running"/"done" lines on stderr, counted below
 
 
 def _api(port, method, **data):
