@@ -94,7 +94,7 @@ def bench_size(tmp, im_size, per_shard, samples, args, rng):
     one_pairs = [write_pair(folder, "one", pool, 0, args.shards * per_shard)]
     print(f"{im_size} px: wrote {args.shards} shards of {per_shard} images + one of "
           f"{args.shards * per_shard} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    many, one = ShardDataset(many_pairs, 50.0, flip=True), ShardDataset(one_pairs, 50.0, flip=True)
+    many, one = ShardDataset(many_pairs, flip=True), ShardDataset(one_pairs, flip=True)
     n = len(many)
     sides = {"many": (many, EpochSampler(n, True, 0, shards=many.shard_ids), samples),
              "one": (one, EpochSampler(n, True, 0, shards=one.shard_ids), samples),

@@ -102,7 +102,7 @@ def test_few_shards_give_a_uniform_permutation():
 
 def test_loader_opens_each_shard_file_about_once_per_epoch(tmp_path, monkeypatch):
     sizes = [4] * 100                                  # more shards than open files kept (64)
-    ds = ShardDataset(_tiny_shards(tmp_path, sizes), 50.0, flip=True)
+    ds = ShardDataset(_tiny_shards(tmp_path, sizes), flip=True)
     opened = []
     real_file = h5py.File
     monkeypatch.setattr(h5py, "File", lambda path, *a, **kw: opened.append(path) or real_file(path, *a, **kw))
@@ -127,7 +127,7 @@ def test_loader_opens_each_shard_file_about_once_per_epoch(tmp_path, monkeypatch
 
 
 def test_loader_order_does_not_depend_on_the_number_of_workers(tmp_path):
-    ds = ShardDataset(_tiny_shards(tmp_path, [3, 1, 4, 2, 5]), 50.0, flip=True)
+    ds = ShardDataset(_tiny_shards(tmp_path, [3, 1, 4, 2, 5]), flip=True)
 
     def batches(workers):
         loader = make_loader(ds, 2, shuffle=True, workers=workers, seed=7)
