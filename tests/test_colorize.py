@@ -1,6 +1,5 @@
 """Decoders, self-contained checkpoints, the float32 merge and the `colorize-fcn` command
 (CPU, fast: an untrained tiny model)."""
-import json
 import os
 import subprocess
 import sys
