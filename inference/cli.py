@@ -1,17 +1,22 @@
 """`colorize-fcn` command line (also `python -m inference ...`).
 
     colorize-fcn colorize --model RUN_DIR_OR_CHECKPOINT INPUT... --out DIR
-                          [--decoder max|mean|annealed] [--temperature 0.38]
+                          [--format png|jpg] [--quality Q] [--skip-existing | --overwrite]
+                          [--size N] [--decoder max|mean|annealed] [--temperature 0.38]
                           [--batch-size N] [--device auto]
+    colorize-fcn --version
 
 INPUTs are files, folders (searched recursively for image files) and glob
 patterns (quote them so the shell leaves them alone, e.g. 'photos/**/*.jpg').
-Each input becomes <DIR>/<name>.png at the input's full resolution; a folder's
-files keep their relative paths.  An input that cannot be read is reported on
-stderr in one line and the others go on.
+Each input becomes <DIR>/<name>.png (or .jpg) at the input's full resolution; a
+folder's files keep their relative paths.  An input that cannot be read is
+reported on stderr in one line and the others go on.
 
-Exit status: 0 all colorized, 1 some input failed, 2 bad arguments or the
-model could not be loaded.
+Exit status: 0 all colorized, 1 some input failed, 2 bad arguments, refused
+inputs or outputs (nothing was written) or the model could not be loaded.
+
+Each subcommand is one add_<name>(sub) function that registers its parser and
+sets `run` to its command; parsing imports no torch, so --help stays fast.
 """
 import argparse
 import sys
@@ -19,6 +24,9 @@ import sys
 from models.registry import DECODERS, DEFAULT_DECODER, DEFAULT_TEMPERATURE   # no torch: --help stays fast
 
 from . import caches, runs
+
+PROG = "colorize-fcn"
+_MAX_LISTED = 20               # existing outputs named one per line before "... and N more"
 
 
 def _positive_float(text):
@@ -31,32 +39,73 @@ def _positive_float(text):
     return value
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
+def _int_in(lo, hi=None):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"must be {f'in {lo}..{hi}' if hi else f'>= {lo}'}, got {text}")
+        return value
+    return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="colorize-fcn", description="Colorize grayscale images with a trained FCN run.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+_positive_int = _int_in(1)
+
+
+class _VersionAction(argparse.Action):
+    """--version, read from the installed package only when asked (importlib.metadata takes
+    ~0.1 s, which --help should not pay)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from . import __version__
+        sys.stdout.write(f"{PROG} {__version__}\n")
+        parser.exit()
+
+
+def _say(kind, msg):
+    sys.stderr.write(f"{PROG}: {kind}: {msg}\n")
+
+
+def _warn(msg):
+    _say("warning", msg)
+
+
+# ----------------------------------------------------------------------------- colorize
+def add_colorize(sub) -> None:
     p = sub.add_parser("colorize", help="colorize image files, folders and globs",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Colorize images with a trained run; outputs keep the input's full "
-                                   "resolution and lightness.",
+                                   "resolution, lightness and (PNG) alpha channel.",
                        epilog="examples:\n"
                               "  colorize-fcn colorize --model work/runs/fcn16s-c14-<sig> old_photos/ --out colour/\n"
-                              "  colorize-fcn colorize --model best.pt 'scans/**/*.tif' --out colour/ --decoder mean\n"
+                              "  colorize-fcn colorize --model best.pt 'scans/**/*.tif' --out colour/ --format jpg\n"
+                              "inputs inside a training run folder or an evaluation folder are refused.\n"
                               "exit status: 0 all colorized, 1 some input failed (one 'error:' line each on\n"
-                              "stderr), 2 bad arguments or the model could not be loaded")
+                              "stderr), 2 bad arguments, refused inputs, outputs that exist already (nothing\n"
+                              "is written) or the model could not be loaded")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     p.add_argument("--model", required=True, metavar="RUN_DIR_OR_CHECKPOINT",
                    help="a training run folder (its best.pt is used) or a checkpoint file")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for the colorized PNGs")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the colorized images")
+    p.add_argument("--format", choices=["png", "jpg"], default="png",
+                   help="output format (default png, which keeps an input's alpha channel; jpg is ~10x "
+                        "smaller and faster to write, and composites transparency on white)")
+    p.add_argument("--quality", type=_int_in(1, 100), default=None,
+                   help="JPEG quality 1-100 (--format jpg only; default 90)")
+    existing = p.add_mutually_exclusive_group()
+    existing.add_argument("--skip-existing", action="store_true",
+                          help="leave outputs that exist already alone (and do not colorize their inputs)")
+    existing.add_argument("--overwrite", action="store_true",
+                          help="replace outputs that exist already (without either, they are refused)")
+    p.add_argument("--size", type=_int_in(16, 4096), default=None, metavar="N",
+                   help="side of the network's input in pixels (default: the size the model was trained "
+                        "at); colour detail grows with it, up to what the model learnt")
     p.add_argument("--decoder", choices=list(DECODERS), default=DEFAULT_DECODER,
                    help=f"posteriors -> colour (default {DEFAULT_DECODER})")
     p.add_argument("--temperature", type=_positive_float, default=DEFAULT_TEMPERATURE,
@@ -65,34 +114,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--threads", type=_positive_int, default=4, help="decode/write threads (default 4)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    runs.add_parser(sub)
-    caches.add_parser(sub)
-    return parser
+    p.set_defaults(run=cmd_colorize)
 
 
-def _warn(msg):
-    sys.stderr.write(f"colorize-fcn: warning: {msg}\n")
+def _report_existing(existing) -> None:
+    for dst in existing[:_MAX_LISTED]:
+        _say("error", f"{dst} exists (--overwrite replaces it, --skip-existing keeps it)")
+    if len(existing) > _MAX_LISTED:
+        _say("error", f"... and {len(existing) - _MAX_LISTED} more outputs that exist")
 
 
 def cmd_colorize(args) -> int:
     from pipeline.progress import Progress
     from .api import ModelError, load_colorizer
     from .files import collect_inputs, colorize_items, print_error
+    from .images import DEFAULT_JPEG_QUALITY, FORMATS
+    if args.quality is not None and args.format != "jpg":
+        _say("error", "--quality applies to --format jpg only")
+        return 2
+    items, errors, refused = collect_inputs(args.inputs, args.out, FORMATS[args.format])
+    for folder, msg in refused:
+        print_error(folder, msg)
+    existing = [dst for _, dst in items if dst.exists()]
+    if refused or (existing and not (args.skip_existing or args.overwrite)):
+        _report_existing([] if args.skip_existing or args.overwrite else existing)
+        return 2                                     # before any work: nothing was written
+    if args.skip_existing and existing:
+        kept = set(existing)
+        items = [(src, dst) for src, dst in items if dst not in kept]
+        if not items:                                # a finished rerun: no model to load
+            for raw, msg in errors:
+                print_error(raw, msg)
+            if not args.quiet:
+                sys.stderr.write(f"{PROG}: nothing to do: all {len(existing)} output(s) exist in {args.out}\n")
+            return 1 if errors else 0
     try:
         model = load_colorizer(args.model, args.device, warn=_warn)
     except (ModelError, OSError, ValueError) as e:
-        sys.stderr.write(f"colorize-fcn: error: cannot load model {args.model}: {' '.join(str(e).split())}\n")
+        _say("error", f"cannot load model {args.model}: {' '.join(str(e).split())}")
         return 2
     if not model.finished:
         _warn(f"{model.source} comes from an unfinished run (iteration {model.iteration} of "
               f"{model.max_iteration}): its colours may improve when training completes")
-    items, errors = collect_inputs(args.inputs, args.out)
     for raw, msg in errors:
         print_error(raw, msg)
+    size = args.size or model.im_size
     if not args.quiet:
-        sys.stderr.write(f"colorize-fcn: {len(items)} image(s) -> {args.out} ({args.decoder} decoder"
+        skipped = f", {len(existing)} skipped (output exists)" if args.skip_existing and existing else ""
+        sys.stderr.write(f"{PROG}: {len(items)} image(s) -> {args.out}{skipped} ({args.decoder} decoder"
                          f"{f', T={args.temperature}' if args.decoder == 'annealed' else ''}, "
-                         f"network size {model.im_size}, {model.device})\n")
+                         f"network size {size}, {args.format}, {model.device})\n")
     bar = None if args.quiet or not items else Progress(len(items), "colorize")
 
     def done(src, dst):
@@ -104,20 +175,31 @@ def cmd_colorize(args) -> int:
         done(src, None)
 
     result = colorize_items(model, items, args.decoder, args.temperature, args.batch_size, args.threads,
-                            on_done=done, on_error=failed)
+                            on_done=done, on_error=failed, size=size, fmt=args.format,
+                            quality=args.quality or DEFAULT_JPEG_QUALITY)
+    if result["alpha_dropped"]:
+        _warn(f"{result['alpha_dropped']} input(s) had an alpha channel, which JPEG cannot hold: they were "
+              f"composited on white (--format png keeps it)")
     n_failed = len(result["failed"]) + len(errors)
     if not args.quiet:
-        sys.stderr.write(f"colorize-fcn: {result['ok']} colorized, {n_failed} failed\n")
+        sys.stderr.write(f"{PROG}: {result['ok']} colorized, {n_failed} failed\n")
     return 1 if n_failed else 0
+
+
+# ----------------------------------------------------------------------------- the command
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Colorize grayscale images with a trained FCN run.")
+    parser.add_argument("--version", action=_VersionAction)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_colorize(sub)
+    runs.add_parser(sub)
+    caches.add_parser(sub)
+    return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if hasattr(args, "handler"):           # runs, gc
-        return args.handler(args)
-    if args.command == "colorize":
-        return cmd_colorize(args)
-    return 2
+    return args.run(args)
 
 
 if __name__ == "__main__":

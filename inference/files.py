@@ -2,24 +2,61 @@
 
 Images are decoded and written in threads while the network runs batches (on
 the GPU when present); see inference.images for what happens to each image.
-A file that cannot be read is reported and skipped.
+A file that cannot be read is reported and skipped.  Inputs that are (or lie
+inside) a training run folder or an evaluation folder are refused: their PNGs
+are tiles and report figures, and a `--model work/runs/fcn16s-*` that the shell
+expands to several runs would otherwise colorize them.
 """
 import glob
 import math
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 from models.decoders import DECODERS, DEFAULT_DECODER, DEFAULT_TEMPERATURE
 from pipeline.images import is_image_name
+from pipeline.run_inputs import INPUTS_FILE
 
 from .api import ImageColorizer
-from .images import load_image, merge_lightness, one_line, save_png
+from .images import DEFAULT_JPEG_QUALITY, FORMATS, load_image, merge_lightness, one_line, save_image
 
 _GLOB_CHARS = set("*?[")
 
+# What marks the folders the pipeline writes (train.fit, tasks.PrepareRun, inference.evaluate).
+# best.pt alone does not: a checkpoint kept next to one's photos is a common layout.
+_RUN_FILES = (INPUTS_FILE, "done.json")              # any one of them
+_RUN_CHECKPOINT = ("best.pt", "log.csv")             # or both of these
+_EVAL_FILES = ("metrics.json", "report.html")        # both: <run>/eval-<sig>/
+
 
 # ----------------------------------------------------------------------------- inputs
+def pipeline_folder_kind(folder: Path):
+    """'a training run folder (holds X)', 'an evaluation folder (holds ...)' or None."""
+    def has(name):
+        return (folder / name).is_file()
+    for name in _RUN_FILES:
+        if has(name):
+            return f"a training run folder (holds {name})"
+    if all(map(has, _RUN_CHECKPOINT)):
+        return f"a training run folder (holds {' and '.join(_RUN_CHECKPOINT)})"
+    if all(map(has, _EVAL_FILES)):
+        return f"an evaluation folder (holds {' and '.join(_EVAL_FILES)})"
+    return None
+
+
+def enclosing_pipeline_folder(path, kind_of=pipeline_folder_kind):
+    """(folder, kind) of the outermost run / evaluation folder that is `path` or holds it, or None.
+    kind_of: pipeline_folder_kind, or a memoised copy of it for many paths."""
+    path = Path(path).resolve()
+    for folder in reversed([path, *path.parents] if path.is_dir() else list(path.parents)):
+        kind = kind_of(folder)
+        if kind:
+            return folder, kind
+    return None
+
+
 def _folder_images(folder: Path, skip: Path = None):
     """Image files below `folder` (by extension; hidden names ignored), sorted, skipping `skip`."""
     out = []
@@ -34,18 +71,38 @@ def _folder_images(folder: Path, skip: Path = None):
     return out
 
 
-def collect_inputs(inputs, out_dir):
-    """Files, folders (recursively, image extensions only) and glob patterns ->
-    ([(source, output path)], [(input, error message)]).
+class Inputs(NamedTuple):
+    items: list      # [(source, output path)]
+    errors: list     # [(input, message)]: reported, the rest go on
+    refused: list    # [(run or evaluation folder, message)]: nothing may run
 
-    Outputs are PNGs under out_dir: a folder's files keep their path relative to
-    it, other files their name; clashing names get a -2, -3, ... suffix."""
+
+def collect_inputs(inputs, out_dir, suffix: str = ".png") -> Inputs:
+    """Files, folders (recursively, image extensions only) and glob patterns -> Inputs.
+
+    Outputs are <out_dir>/<name><suffix>: a folder's files keep their path relative to
+    it, other files their name; clashing names get a -2, -3, ... suffix.  An input
+    whose output would replace it is an error; inputs in run or evaluation folders
+    are refused, one message per such folder."""
     out_dir = Path(out_dir)
     skip = out_dir.resolve()
-    pairs, errors = [], []
+    pairs, errors, refused = [], [], {}
+
+    kind_of = lru_cache(maxsize=None)(pipeline_folder_kind)     # many files share folders
+
+    def refuse_if_pipeline(path) -> bool:
+        found = enclosing_pipeline_folder(path, kind_of)
+        if found:
+            folder, kind = found
+            refused.setdefault(folder, f"{kind}, not an input: its images are the pipeline's outputs "
+                                       "(did --model match several runs? quote it or pick one)")
+        return bool(found)
+
     for raw in inputs:
         p = Path(raw)
         if p.is_dir():
+            if refuse_if_pipeline(p):
+                continue
             found = _folder_images(p.resolve(), skip)
             if not found:
                 errors.append((raw, "folder holds no image files"))
@@ -53,51 +110,63 @@ def collect_inputs(inputs, out_dir):
         elif p.exists() or not (_GLOB_CHARS & set(str(raw))):
             pairs.append((p, Path(p.name)))          # a missing file is reported when it is read
         else:
-            matches = sorted(glob.glob(str(raw), recursive=True))
-            files = [Path(m) for m in matches if Path(m).is_file()]
-            if not files:
+            matches = [Path(m) for m in sorted(glob.glob(str(raw), recursive=True))]
+            files = [m for m in matches if m.is_file()]
+            refused_dirs = [m for m in matches if m.is_dir() and refuse_if_pipeline(m)]
+            if not files and not refused_dirs:
                 errors.append((raw, "no file matches this pattern"))
             pairs += [(f, Path(f.name)) for f in files]
     items, used, seen = [], set(), set()
     for src, rel in pairs:
         key = Path(src).resolve()
-        if key in seen:
+        if key in seen or refuse_if_pipeline(key):
             continue
         seen.add(key)
-        dst = out_dir / rel.with_suffix(".png")
+        dst = out_dir / rel.with_suffix(suffix)
         n = 2
         while dst in used:
-            dst = out_dir / rel.with_name(f"{rel.stem}-{n}.png")
+            dst = out_dir / rel.with_name(f"{rel.stem}-{n}{suffix}")
             n += 1
         used.add(dst)
+        if dst.resolve() == key:
+            errors.append((str(src), f"its output {dst} would replace it; choose another --out"))
+            continue
         items.append((Path(src), dst))
-    return items, errors
+    return Inputs(items, errors, [(str(f), msg) for f, msg in refused.items()])
 
 
 # ----------------------------------------------------------------------------- the loop
 def colorize_items(model: ImageColorizer, items, decoder=DEFAULT_DECODER, temperature=DEFAULT_TEMPERATURE,
-                   batch_size: int = 8, threads: int = 4, on_done=None, on_error=None) -> dict:
-    """Colorize [(source, output png)]; returns {"ok": n, "failed": [(source, message)]}.
+                   batch_size: int = 8, threads: int = 4, on_done=None, on_error=None, size: int = None,
+                   fmt: str = "png", quality: int = DEFAULT_JPEG_QUALITY) -> dict:
+    """Colorize [(source, output file)]; returns {"ok": n, "failed": [(source, message)],
+    "alpha_dropped": n}.
 
-    Images of the next batch are decoded (threads) while the current one runs on the
-    network; outputs are merged and written in threads too.  on_done(src, dst) and
-    on_error(src, message) are called once per item."""
+    size: the network input's side (default the colorizer's im_size); fmt: 'png' (keeps an
+    input's alpha channel) or 'jpg' (`quality`; an input's alpha is composited on white and
+    counted in alpha_dropped).  Images of the next batch are decoded (threads) while the
+    current one runs on the network; outputs are merged and written in threads too.
+    on_done(src, dst) and on_error(src, message) are called once per item."""
     if decoder not in DECODERS:
         raise ValueError(f"unknown decoder {decoder!r}")
     if not temperature > 0 or not math.isfinite(temperature):
         raise ValueError(f"temperature must be a positive number, got {temperature}")
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown output format {fmt!r}; choose from {sorted(FORMATS)}")
     batch_size = max(1, int(batch_size))
-    failed, ok = [], 0
+    size = int(size or model.im_size)
+    keep_alpha = fmt == "png"
+    failed, ok, alpha_dropped = [], 0, 0
 
     def fail(src, msg):
         failed.append((src, msg))
         if on_error:
             on_error(src, msg)
 
-    def finish(src, dst, L_full, ab):
+    def finish(src, dst, img, ab):
         """-> (src, dst, None) or (src, dst, error message)."""
         try:
-            save_png(dst, merge_lightness(L_full, ab))
+            save_image(dst, merge_lightness(img.L_full, ab), img.alpha, fmt, quality)
         except Exception as e:
             return src, dst, f"cannot write {dst}: {one_line(e)}"
         return src, dst, None
@@ -114,7 +183,7 @@ def colorize_items(model: ImageColorizer, items, decoder=DEFAULT_DECODER, temper
     chunks = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
     with ThreadPoolExecutor(max(1, threads)) as pool:
         def submit(chunk):
-            return [pool.submit(load_image, src, model.im_size) for src, _ in chunk]
+            return [pool.submit(load_image, src, size, keep_alpha) for src, _ in chunk]
         loading = submit(chunks[0]) if chunks else []
         writing = []
         for ci, chunk in enumerate(chunks):
@@ -128,13 +197,14 @@ def colorize_items(model: ImageColorizer, items, decoder=DEFAULT_DECODER, temper
             if good:
                 ab = model.predict_ab([g[2].L_small for g in good], decoder, temperature)
                 for i, (src, dst, img) in enumerate(good):
-                    writing.append(pool.submit(finish, src, dst, img.L_full, ab[i]))
+                    alpha_dropped += img.had_alpha and img.alpha is None
+                    writing.append(pool.submit(finish, src, dst, img, ab[i]))
             # keep at most about one batch of outputs in flight
             while len(writing) > batch_size:
                 ok += collect(writing.pop(0))
         for fut in writing:
             ok += collect(fut)
-    return {"ok": ok, "failed": failed}
+    return {"ok": ok, "failed": failed, "alpha_dropped": alpha_dropped}
 
 
 def print_error(src, msg, stream=None):

@@ -8,7 +8,10 @@ to its lightness first):
   2. resize it to the colorizer's im_size x im_size (the training images were made
      the same way: resize in sRGB, then Lab) and take that lightness as the input;
   3. the predicted a/b planes are resized back to the input's size (bilinear) and
-     merged with the full-resolution lightness, so the output keeps every detail.
+     merged with the full-resolution lightness, so the output keeps every detail;
+  4. written as PNG or JPEG; an input's alpha channel is kept on a PNG output (step 1
+     then takes the lightness of the input's own colours, step 2 still sees it
+     composited on white, as the training data).
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +22,12 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from pipeline.atomic import atomic_path
-from pipeline.color import lab_to_rgb, rgb_to_lab
+from pipeline.color import lab_planes_to_rgb, lightness_plane, rgb_to_lab
 from pipeline.images import DEFAULT_MAX_PIXELS, REDUCING_GAP, RESAMPLE, SkipImage, to_rgb
 
-_ROWS = 512              # rows converted at a time (bounds float64 temporaries on huge images)
+_BLOCK = 1 << 16         # pixels converted at a time: cache-sized float32 temporaries
+FORMATS = {"png": ".png", "jpg": ".jpg"}      # output format -> file suffix
+DEFAULT_JPEG_QUALITY = 90
 
 
 class InputError(Exception):
@@ -38,6 +43,8 @@ def one_line(e) -> str:
 class LoadedImage:
     L_full: np.ndarray      # (H, W) float32 lightness at the input's resolution
     L_small: np.ndarray     # (S, S) float32 lightness of the image resized to the network's size
+    alpha: np.ndarray = None  # (H, W) uint8 alpha when kept (keep_alpha and the input has one)
+    had_alpha: bool = False   # the input has an alpha channel (kept or composited on white)
 
 
 def as_rgb_image(image) -> Image.Image:
@@ -58,8 +65,8 @@ def as_rgb_image(image) -> Image.Image:
         raise InputError(str(e)) from None
 
 
-def read_rgb(path) -> Image.Image:
-    """Any image file -> PIL RGB image, EXIF orientation applied (as the training data)."""
+def read_image(path) -> Image.Image:
+    """Any image file -> a decoded PIL image of its own mode, EXIF orientation applied."""
     path = Path(path)
     if not path.exists():
         raise InputError("no such file")
@@ -75,7 +82,7 @@ def read_rgb(path) -> Image.Image:
                 im = ImageOps.exif_transpose(im)
             except Exception:                        # corrupt EXIF: keep the stored orientation
                 pass
-            return as_rgb_image(im)
+            return im
     except InputError:
         raise
     except Image.UnidentifiedImageError:
@@ -84,41 +91,78 @@ def read_rgb(path) -> Image.Image:
         raise InputError(f"cannot decode: {one_line(e)}") from None
 
 
+def has_alpha(im: Image.Image) -> bool:
+    """The modes pipeline.images.to_rgb composites on white."""
+    return im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or (im.mode == "P" and "transparency" in im.info)
+
+
 def lightness(rgb) -> np.ndarray:
-    """(H, W, 3) uint8 -> (H, W) float32 Lab lightness, converted in row blocks."""
+    """(H, W, 3) uint8 -> (H, W) float32 Lab lightness, converted in blocks of rows."""
     rgb = np.asarray(rgb, dtype=np.uint8)
     out = np.empty(rgb.shape[:2], np.float32)
-    for r in range(0, rgb.shape[0], _ROWS):
-        out[r:r + _ROWS] = rgb_to_lab(rgb[r:r + _ROWS])[..., 0]
+    rows = max(1, _BLOCK // max(1, rgb.shape[1]))
+    for r in range(0, rgb.shape[0], rows):
+        out[r:r + rows] = lightness_plane(rgb[r:r + rows])
     return out
+
+
+def small_lightness(im: Image.Image, size: int) -> np.ndarray:
+    """A PIL RGB image -> (size, size) float32 lightness of it resized as the training images were
+    (resize in sRGB, then Lab)."""
+    small = im.resize((size, size), RESAMPLE, reducing_gap=REDUCING_GAP)
+    return rgb_to_lab(np.asarray(small))[..., 0]
 
 
 def prepare(im: Image.Image, im_size: int) -> LoadedImage:
     """A PIL RGB image -> its full-resolution lightness and the network input's."""
-    small = im.resize((im_size, im_size), RESAMPLE, reducing_gap=REDUCING_GAP)
-    return LoadedImage(L_full=lightness(np.asarray(im)), L_small=rgb_to_lab(np.asarray(small))[..., 0])
+    return LoadedImage(L_full=lightness(np.asarray(im)), L_small=small_lightness(im, im_size))
 
 
-def load_image(path, im_size: int) -> LoadedImage:
-    return prepare(read_rgb(path), im_size)
+def load_image(path, im_size: int, keep_alpha: bool = False) -> LoadedImage:
+    """An image file -> LoadedImage.  The network always sees the image composited on white
+    (as the training data); with keep_alpha, an input with an alpha channel keeps it, and its
+    full-resolution lightness is that of its own (straight) colours, so that the output shown
+    over any background looks like the input does."""
+    im = read_image(path)
+    try:
+        rgb = as_rgb_image(im)
+        rgba = np.asarray(im.convert("RGBA")) if keep_alpha and has_alpha(im) else None
+    except InputError:
+        raise
+    except Exception as e:                            # conversion errors of every kind
+        raise InputError(f"cannot decode: {one_line(e)}") from None
+    if rgba is None:
+        loaded = prepare(rgb, im_size)
+        loaded.had_alpha = has_alpha(im)
+        return loaded
+    return LoadedImage(L_full=lightness(rgba[..., :3]), L_small=small_lightness(rgb, im_size),
+                       alpha=np.ascontiguousarray(rgba[..., 3]), had_alpha=True)
 
 
 def merge_lightness(L_full, ab_small) -> np.ndarray:
     """Full-resolution lightness (H, W) + a/b (2, s, s) predicted at the network's size
-    -> (H, W, 3) uint8 RGB; a/b are resized to (H, W) bilinearly."""
+    -> (H, W, 3) uint8 RGB; a/b are resized to (H, W) bilinearly.  All in float32
+    (pipeline.color.lab_planes_to_rgb: within one uint8 level of the float64 lab_to_rgb)."""
     L_full = np.asarray(L_full, np.float32)
     h, w = L_full.shape
     ab = torch.as_tensor(ab_small).float()
     if tuple(ab.shape[-2:]) != (h, w):
         ab = F.interpolate(ab[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-    ab = ab.cpu().numpy()
-    out = np.empty((h, w, 3), np.uint8)
-    for r in range(0, h, _ROWS):
-        lab = np.concatenate([L_full[r:r + _ROWS, :, None], np.moveaxis(ab[:, r:r + _ROWS], 0, -1)], axis=-1)
-        out[r:r + _ROWS] = lab_to_rgb(lab)
-    return out
+    return lab_planes_to_rgb(L_full, ab.cpu().numpy())
 
 
-def save_png(path, rgb) -> None:
+def save_image(path, rgb, alpha=None, fmt: str = "png", quality: int = DEFAULT_JPEG_QUALITY) -> None:
+    """Write (H, W, 3) uint8 RGB atomically as PNG (with `alpha` (H, W) uint8 when given: RGBA)
+    or JPEG (`quality` 1-100; JPEG has no alpha, so `alpha` must be None)."""
+    im = Image.fromarray(np.asarray(rgb, np.uint8))
+    if alpha is not None:
+        if fmt != "png":
+            raise ValueError(f"{fmt} cannot hold an alpha channel")
+        im.putalpha(Image.fromarray(np.asarray(alpha, np.uint8)))
     with atomic_path(path) as tmp:
-        Image.fromarray(np.asarray(rgb, np.uint8)).save(tmp, format="PNG", compress_level=3)
+        if fmt == "png":
+            im.save(tmp, format="PNG", compress_level=3)
+        elif fmt == "jpg":
+            im.save(tmp, format="JPEG", quality=int(quality))
+        else:
+            raise ValueError(f"unknown output format {fmt!r}; choose from {sorted(FORMATS)}")

@@ -1,8 +1,9 @@
-"""Decoders, self-contained checkpoints and the `colorize-fcn colorize` command
+"""Decoders, self-contained checkpoints, the float32 merge and the `colorize-fcn` command
 (CPU, fast: an untrained tiny model)."""
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,8 @@ from inference.files import collect_inputs
 from inference.images import merge_lightness
 from models.colorizer import Colorizer
 from models.decoders import cluster_centres_ab, decode
-from pipeline.color import ab_to_hue_chroma, hue_chroma_to_ab, rgb_to_lab
+from pipeline.color import (ab_to_hue_chroma, hue_chroma_to_ab, lab_planes_to_rgb, lab_to_rgb, lightness_plane,
+                            rgb_to_lab)
 from train.checkpoint import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,18 +176,78 @@ def test_merge_keeps_full_resolution_lightness():
     np.testing.assert_allclose(lab[..., 1].mean(), 10, atol=0.5)
 
 
+def test_float32_lab_to_rgb_is_within_one_level_of_float64():
+    rng = np.random.default_rng(5)
+    n = 300_000
+    L = np.concatenate([rng.uniform(-2, 102, n), np.linspace(0, 100, n)]).astype(np.float32)
+    ab = np.concatenate([rng.uniform(-130, 130, (2, n)), np.zeros((2, n))], axis=1).astype(np.float32)
+    fast = lab_planes_to_rgb(L.reshape(600, -1), ab.reshape(2, 600, -1))            # any shape
+    assert fast.shape == (600, 2 * n // 600, 3) and fast.dtype == np.uint8
+    exact = lab_to_rgb(np.stack([L, ab[0], ab[1]], axis=-1)).reshape(fast.shape)
+    diff = np.abs(fast.astype(int) - exact)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-4, (diff.max(), (diff > 0).mean())
+    assert len(np.unique(exact)) == 256                                 # every code was exercised
+    with pytest.raises(ValueError, match="does not match"):
+        lab_planes_to_rgb(L, ab[:, :10])
+
+
+def test_lightness_plane_is_rgb_to_labs_lightness():
+    rgb = np.random.default_rng(6).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    np.testing.assert_allclose(lightness_plane(rgb), rgb_to_lab(rgb)[..., 0], atol=1e-4)
+    with pytest.raises(TypeError):
+        lightness_plane(rgb.astype(np.float32))
+
+
 def test_collect_inputs_files_folders_globs_and_clashes(tmp_path):
     (tmp_path / "a" / "sub").mkdir(parents=True)
     for name in ("a/x.jpg", "a/sub/y.png", "a/.hidden.png", "a/notes.txt", "b.png", "c/x.png"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"x")
     out = tmp_path / "out"
-    items, errors = collect_inputs([tmp_path / "a", str(tmp_path / "*.png"), tmp_path / "c" / "x.png",
-                                    str(tmp_path / "nothing*.jpg"), tmp_path / "missing.png"], out)
+    items, errors, refused = collect_inputs([tmp_path / "a", str(tmp_path / "*.png"), tmp_path / "c" / "x.png",
+                                             str(tmp_path / "nothing*.jpg"), tmp_path / "missing.png"], out)
     dst = {Path(s).relative_to(tmp_path).as_posix(): d.relative_to(out).as_posix() for s, d in items}
     assert dst == {"a/x.jpg": "x.png", "a/sub/y.png": "sub/y.png", "b.png": "b.png",
                    "c/x.png": "x-2.png", "missing.png": "missing.png"}
-    assert [e[0] for e in errors] == [str(tmp_path / "nothing*.jpg")]
+    assert [e[0] for e in errors] == [str(tmp_path / "nothing*.jpg")] and refused == []
+    items, errors, _ = collect_inputs([tmp_path / "c"], out, ".jpg")
+    assert [d.relative_to(out).as_posix() for _, d in items] == ["x.jpg"]
+    items, errors, _ = collect_inputs([tmp_path / "b.png"], tmp_path)    # would write over its input
+    assert items == [] and len(errors) == 1 and "would replace it" in errors[0][1]
+
+
+def _pipeline_folders(root):
+    """Two run folders (one with an evaluation folder inside), an old-style run (best.pt +
+    log.csv), and photos next to a lone checkpoint (not a run folder)."""
+    runs = root / "work" / "runs"
+    r1, r2, old = runs / "fcn16s-c101-aaa", runs / "fcn16s-c101-bbb", runs / "fcn32s-c101-old"
+    ev = r1 / "eval-123"
+    for folder, files in ((r1, ["inputs.json", "best.pt", "tile-000050.png"]), (r2, ["done.json", "loss.png"]),
+                          (old, ["best.pt", "log.csv", "tile.png"]), (ev, ["metrics.json", "report.html"]),
+                          (ev / "gallery", ["best-0.png"]), (root / "mine", ["best.pt", "photo.png"])):
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            (folder / name).write_bytes(b"x")
+    return r1, r2, old, ev
+
+
+def test_collect_inputs_refuses_run_and_evaluation_folders(tmp_path):
+    r1, r2, old, ev = _pipeline_folders(tmp_path)
+    out = tmp_path / "out"
+    for inputs, refused in (([r2], [r2]), ([old], [old]), ([tmp_path / "work"], [r1, r2, old]),
+                            ([str(r1.parent / "*")], [r1, r2, old]), ([ev / "gallery" / "best-0.png"], [r1]),
+                            ([str(ev / "*")], [r1])):
+        items, errors, got = collect_inputs(inputs, out)
+        assert items == [] and [Path(f) for f, _ in got] == [p.resolve() for p in refused], (inputs, got)
+        assert all("training run folder" in msg for _, msg in got), got
+    tmp_ev = tmp_path / "loose-eval"                 # an evaluation folder outside any run
+    tmp_ev.mkdir()
+    for name in ("metrics.json", "report.html", "auc.png"):
+        (tmp_ev / name).write_bytes(b"x")
+    _, _, got = collect_inputs([tmp_ev / "auc.png"], out)
+    assert len(got) == 1 and "evaluation folder" in got[0][1]
+    items, errors, got = collect_inputs([tmp_path / "mine"], out)   # best.pt alone: photos kept beside it
+    assert [s.name for s, _ in items] == ["photo.png"] and got == [] and errors == []
 
 
 # ----------------------------------------------------------------------------- the command
@@ -245,13 +307,193 @@ def test_command_in_process_exit_codes_and_unfinished_warning(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["cat.png", "gray.png"]
     warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert len(warnings) == 1 and "unfinished" in warnings[0] and "30 of 100" in warnings[0], warnings
-    assert main(["colorize", "--model", str(tmp_path / "nope"), str(tmp_path / "in"), "--out", str(out)]) == 2
+    assert main(["colorize", "--model", str(tmp_path / "nope"), str(tmp_path / "in"), "--out", str(out),
+                 "--overwrite"]) == 2
     assert "cannot load model" in capsys.readouterr().err
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes((run / "best.pt").read_bytes()[:1000])
-    assert main(["colorize", "--model", str(truncated), str(tmp_path / "in"), "--out", str(out)]) == 2
+    assert main(["colorize", "--model", str(truncated), str(tmp_path / "in"), "--out", str(out), "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot load model" in err and "truncated.pt" in err, err
     with pytest.raises(SystemExit) as e:
         main(["colorize", "--model", str(run), "x.png", "--out", str(out), "--temperature", "0"])
     assert e.value.code == 2
+
+
+# ----------------------------------------------------------------------------- options of the command
+def _cli(*args, timeout=120):
+    """`python -m inference ARGS` in a fresh process (as `colorize-fcn ARGS`)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "inference", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=timeout)
+
+
+def _colorize(run, *args):
+    return _cli("colorize", "--model", run, "--device", "cpu", "--decoder", "mean", "-q", *args)
+
+
+def _colorize_here(capsys, run, *args):
+    """The same in this process (no torch import to wait for): (exit status, stderr)."""
+    capsys.readouterr()
+    try:
+        code = main(["colorize", "--model", str(run), "--device", "cpu", "--decoder", "mean", "-q", *map(str, args)])
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+def _errors(proc):
+    return [line for line in proc.stderr.splitlines() if ": error: " in line]
+
+
+def _photo(h=48, w=64):
+    import skimage.data
+    return np.asarray(Image.fromarray(skimage.data.astronaut()).resize((w, h), Image.BICUBIC))
+
+
+def test_jpg_format_and_quality(tmp_path, capsys):
+    run = fake_run(tmp_path)
+    Image.fromarray(_photo(120, 160)).save(tmp_path / "a.png")
+    proc = _colorize(run, tmp_path / "a.png", "--out", tmp_path / "q30", "--format", "jpg", "--quality", 30)
+    assert proc.returncode == 0, proc.stderr
+    assert _colorize_here(capsys, run, tmp_path / "a.png", "--out", tmp_path / "q95", "--format", "jpg",
+                          "--quality", 95)[0] == 0
+    sizes = {}
+    for q in (30, 95):
+        out = tmp_path / f"q{q}" / "a.jpg"
+        assert [p.name for p in out.parent.iterdir()] == ["a.jpg"]
+        with Image.open(out) as im:
+            assert im.format == "JPEG" and im.size == (160, 120) and im.mode == "RGB"
+        sizes[q] = out.stat().st_size
+    assert sizes[30] < 0.7 * sizes[95], sizes
+    code, err = _colorize_here(capsys, run, tmp_path / "a.png", "--out", tmp_path / "png", "--quality", 80)
+    assert code == 2 and "--format jpg only" in err and not (tmp_path / "png").exists()    # png has no quality
+    code, err = _colorize_here(capsys, run, tmp_path / "a.png", "--out", tmp_path / "png", "--format", "jpg",
+                               "--quality", 101)
+    assert code == 2 and "1..100" in err
+
+
+def test_alpha_is_kept_on_png_and_composited_for_jpg(tmp_path):
+    run = fake_run(tmp_path)
+    rgb = _photo()
+    alpha = np.tile(np.linspace(0, 255, rgb.shape[1]).astype(np.uint8), (rgb.shape[0], 1))
+    alpha[:5] = 255
+    Image.fromarray(np.dstack([rgb, alpha])).save(tmp_path / "rgba.png")
+    gray = rgb_to_lab(rgb)[..., 0].round().astype(np.uint8)
+    Image.fromarray(np.dstack([gray, alpha]), "LA").save(tmp_path / "la.png")
+    Image.fromarray(rgb).save(tmp_path / "opaque.png")
+    proc = _colorize(run, tmp_path / "rgba.png", tmp_path / "la.png", tmp_path / "opaque.png", "--out", tmp_path / "o")
+    assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr
+    for name, straight in (("rgba", rgb), ("la", np.repeat(gray[..., None], 3, axis=-1))):
+        with Image.open(tmp_path / "o" / f"{name}.png") as im:
+            assert im.mode == "RGBA" and im.size == (64, 48)
+            out = np.asarray(im)
+        np.testing.assert_array_equal(out[..., 3], alpha)
+        # the lightness of the input's own colours, not of them composited on white (lighter
+        # where transparent): the output over any background looks like the input
+        assert_keeps_lightness(out[..., :3], rgb_to_lab(straight)[..., 0])
+    with Image.open(tmp_path / "o" / "opaque.png") as im:
+        assert im.mode == "RGB"
+    proc = _colorize(run, tmp_path / "rgba.png", tmp_path / "opaque.png", "--out", tmp_path / "j", "--format", "jpg")
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "1 input(s) had an alpha channel" in warnings[0], proc.stderr
+    with Image.open(tmp_path / "j" / "rgba.jpg") as im:
+        assert im.mode == "RGB"
+
+
+def test_existing_outputs_are_refused_skipped_or_overwritten(tmp_path, capsys):
+    run = fake_run(tmp_path)
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(_photo()).save(src / f"{name}.png")
+    out = tmp_path / "out"
+    assert _colorize_here(capsys, run, src, "--out", out)[0] == 0
+    (out / "a.png").write_bytes(b"mine")                     # the user's edit of an output
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    proc = _colorize(run, src, "--out", out)                 # refused before any work
+    assert proc.returncode == 2, proc.stderr
+    errors = _errors(proc)
+    assert len(errors) == 2 and all("exists" in e and "--overwrite" in e for e in errors), proc.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    Image.fromarray(_photo()).save(src / "c.png")
+    code, err = _colorize_here(capsys, run, src, "--out", out, "--skip-existing")
+    assert code == 0 and "error" not in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png"]
+    assert (out / "a.png").read_bytes() == b"mine" and (out / "b.png").read_bytes() == before["b.png"]
+    code, err = _colorize_here(capsys, tmp_path / "no-model", src, "--out", out, "--skip-existing")
+    assert code == 0 and err == "", err                      # all done: no model to load (or fail on)
+    assert _colorize_here(capsys, run, src, "--out", out, "--overwrite")[0] == 0
+    with Image.open(out / "a.png") as im:                    # replaced by a colorized image again
+        assert im.size == (64, 48)
+    code, err = _colorize_here(capsys, run, src, "--out", out, "--overwrite", "--skip-existing")
+    assert code == 2 and "not allowed with" in err
+
+
+def test_run_and_evaluation_folders_are_refused(tmp_path):
+    r1, r2, _, ev = _pipeline_folders(tmp_path)
+    fake_run(tmp_path, name=r1.name)                         # a real best.pt in r1
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(_photo()).save(photos / "p.png")
+    # what the shell makes of --model work/runs/fcn16s-c101-*, plus a report image
+    proc = _colorize(r1, r2, ev / "gallery" / "best-0.png", photos, "--out", tmp_path / "out")
+    assert proc.returncode == 2, proc.stderr
+    errors = _errors(proc)
+    assert len(errors) == 2 and str(r2.resolve()) in errors[0] and str(r1.resolve()) in errors[1], errors
+    assert all("not an input" in e for e in errors) and not (tmp_path / "out").exists()
+
+
+def test_size_sets_the_network_input(tmp_path, monkeypatch):
+    from inference.api import ImageColorizer
+    run = fake_run(tmp_path)
+    Image.fromarray(_photo(50, 70)).save(tmp_path / "a.png")
+    seen = []
+    predict = ImageColorizer.predict_ab
+
+    def spy(self, L_small, *args):
+        seen.append([x.shape for x in L_small])
+        return predict(self, L_small, *args)
+    monkeypatch.setattr(ImageColorizer, "predict_ab", spy)
+    for size, out in ((None, "default"), (48, "s48")):
+        argv = ["colorize", "--model", str(run), str(tmp_path / "a.png"), "--out", str(tmp_path / out),
+                "--device", "cpu", "-q"] + (["--size", str(size)] if size else [])
+        assert main(argv) == 0
+        with Image.open(tmp_path / out / "a.png") as im:
+            assert im.size == (70, 50)
+    assert seen == [[(SIZE, SIZE)], [(48, 48)]]
+    a, b = (np.asarray(Image.open(tmp_path / o / "a.png")) for o in ("default", "s48"))
+    assert not np.array_equal(a, b)
+    with pytest.raises(SystemExit) as e:
+        main(["colorize", "--model", str(run), "x.png", "--out", "o", "--size", "8"])
+    assert e.value.code == 2
+
+
+def test_version_comes_from_the_package_metadata(monkeypatch):
+    import importlib.metadata
+    import inference
+    proc = _cli("--version", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"colorize-fcn {importlib.metadata.version('colorize-fcn')}\n"
+    assert proc.stdout.split()[1] == inference.__version__
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    assert inference._installed_version() == "0+unknown"
+
+
+def test_help_is_fast_and_imports_no_torch():
+    code = ("import sys; from inference.cli import build_parser; "
+            "build_parser().parse_args(['colorize', '--model', 'm', 'x.png', '--out', 'o']); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    times = []
+    for _ in range(3):                                       # best of 3: the machine is shared
+        t = time.perf_counter()
+        proc = _cli("colorize", "--help", timeout=60)
+        times.append(time.perf_counter() - t)
+        assert proc.returncode == 0 and "--skip-existing" in proc.stdout
+    assert min(times) < 1.5, times                            # ~0.2 s when quiet; torch alone takes > 1 s
