@@ -399,7 +399,7 @@ def add_parser(sub) -> None:
     p.add_argument("--min-age", type=float, default=60.0, metavar="MINUTES",
                    help="folders with a file younger than this are in use (default 60)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
-    p.set_defaults(run=cmd_gc)
+    p.set_defaults(func=cmd_gc)
 
 
 def cmd_gc(args) -> int:

@@ -114,7 +114,7 @@ def add_colorize(sub) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--threads", type=_positive_int, default=4, help="decode/write threads (default 4)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=cmd_colorize)
+    p.set_defaults(func=cmd_colorize)
 
 
 def _report_existing(existing) -> None:
@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    return args.func(args)
 
 
 if __name__ == "__main__":

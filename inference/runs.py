@@ -254,7 +254,7 @@ def add_parser(sub) -> None:
                               "or no such work dir")
     p.add_argument("--work-dir", default=None, help="default: luigi.cfg [colorize] work_dir")
     p.add_argument("--json", action="store_true", help="one JSON list of rows instead of the table")
-    p.set_defaults(run=cmd_runs)
+    p.set_defaults(func=cmd_runs)
 
 
 def cmd_runs(args) -> int:
