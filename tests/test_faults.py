@@ -121,15 +121,6 @@ def _build_failures(*roots):
     return failures
 
 
-@pytest.fixture
-def one_torch_thread():
-    import torch
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("kind, array, reader", [
     ("labels", "posteriors", "TrainFCN32s"),   # training reads every label shard of its splits
     ("lab", "L", "TrainFCN32s"),               # ... and every Lab shard
