@@ -17,7 +17,9 @@ def lowpass_ab(ab, factor: int) -> np.ndarray:
     Done in the cheaper equivalent order: an f x f block mean (a box filter of
     variance (f^2-1)/12 px^2, then sampling), followed by the rest of the
     sigma-f Gaussian at the low resolution: sigma_low = sqrt(f^2 - (f^2-1)/12)/f.
-    14x faster than blurring at full size; matches it to ~0.5 ab units.
+    14x faster than blurring at full size.  Measured against that full-size blur (sampled at
+    the block centres) on 256 px photos, f = 4 and 8: at most 0.7-1.5 ab units apart, at sharp
+    colour edges; 0.1 on average (tests/test_labels.py).
     """
     ab = np.asarray(ab, dtype=np.float32)
     if factor == 1:

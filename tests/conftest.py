@@ -1,5 +1,6 @@
 """Shared fixtures: a temporary work dir wired into luigi.cfg's [colorize]
 section, a small photo dataset, and a recorder of which tasks actually ran."""
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -37,26 +38,38 @@ def write_photo(path, seed: int, size=(64, 48)):
 @pytest.fixture
 def work(tmp_path):
     """A fresh work dir; luigi's [colorize] settings point at it for this test."""
+    with work_dir_settings(tmp_path / "work") as work_dir:
+        yield work_dir
+
+
+@contextlib.contextmanager
+def work_dir_settings(work_dir):
+    """luigi's [colorize] settings point at `work_dir` (CPU, no loader workers) inside."""
     cfg = luigi.configuration.get_config()
-    work_dir = tmp_path / "work"
     values = {"work_dir": str(work_dir), "loader_workers": "0", "device": "cpu"}
     if not cfg.has_section("colorize"):
         cfg.add_section("colorize")
     saved = {k: cfg.get("colorize", k, None) for k in values}
     for k, v in values.items():
         cfg.set("colorize", k, v)
-    yield work_dir
-    for k, v in saved.items():
-        if v is None:
-            cfg.remove_option("colorize", k)
-        else:
-            cfg.set("colorize", k, v)
+    try:
+        yield work_dir
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                cfg.remove_option("colorize", k)
+            else:
+                cfg.set("colorize", k, v)
 
 
 @pytest.fixture
 def photo_dataset(tmp_path):
     """12 train + 4 val small colour photos with split lists (and 'tiny' = 3 train photos)."""
-    root = tmp_path / "photos"
+    return make_photo_dataset(tmp_path / "photos")
+
+
+def make_photo_dataset(root):
+    """The photo_dataset fixture's files under `root` (for fixtures of a wider scope)."""
     train = [f"train/p{i:02d}.png" for i in range(12)]
     val = [f"val/v{i}.png" for i in range(4)]
     for i, rp in enumerate(train + val):
@@ -68,11 +81,24 @@ def photo_dataset(tmp_path):
 
 
 @pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test: on a shared, busy CPU more threads spin against each other."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def ran():
     """Families of the tasks that ran during the test, in order; `ran.clear()` between builds."""
     RAN.clear()
 
     class Ran(list):
+        def tasks(self):
+            return list(RAN)
+
         def families(self):
             return [t.task_family for t in RAN]
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from pipeline import samples as samples_module, splits, synthetic
-from pipeline.samples import SAMPLE_PHOTOS, SAMPLE_TINY, SAMPLE_VAL, materialise_samples
+from pipeline.samples import SAMPLE_PHOTOS, SAMPLE_TINY, SAMPLE_VAL, load_sample_photo, materialise_samples
 from pipeline.splits import available_splits, list_split, write_split_lists
 from pipeline.synthetic import GENERATED_SIZE_RANGE, generate_imagenet_like
 from pipeline.images import SkipImage, load_rgb
@@ -206,11 +206,23 @@ def test_materialise_samples_layout(samples):
     assert _no_temp_leftovers(dest.parent)
 
 
-def test_materialised_samples_are_usable_colour_photos(samples):
+def _centre_square(a: np.ndarray) -> np.ndarray:
+    h, w = a.shape[:2]
+    side = min(h, w)
+    return a[(h - side) // 2:(h + side) // 2, (w - side) // 2:(w + side) // 2]
+
+
+def test_materialised_samples_are_the_bundled_photos(samples):
     dest, _ = samples
     for rel in list_split(dest, "train") + list_split(dest, "val"):
-        arr = load_rgb(dest / rel, 32)
-        assert arr.shape == (32, 32, 3)
+        source = load_sample_photo(Path(rel).stem)
+        with Image.open(dest / rel) as im:
+            assert np.array_equal(np.asarray(im), source), rel        # PNG: every pixel kept
+        # ... and the loader sees them: its 32 px square has the colours of the centre square
+        # (measured: mean colours within 0.5 of 255 of the source's)
+        got = load_rgb(dest / rel, 32).reshape(-1, 3).mean(0)
+        want = _centre_square(source).reshape(-1, 3).mean(0)
+        assert np.abs(got - want).max() < 3, (rel, got, want)
 
 
 def test_materialise_samples_is_idempotent(samples):
@@ -291,9 +303,50 @@ def test_generate_layout_sizes_and_lists(generated):
         assert 400 <= max(w, h) <= 560
         sizes.append((w, h))
     assert len(set(sizes)) > 3  # sizes vary
-    for rel in train[:4]:  # usable by the loader
-        assert load_rgb(root / rel, 64).shape == (64, 64, 3)
+    for rel in train[:4]:  # usable by the loader: its square shows the file's centre square
+        with Image.open(root / rel) as im:
+            want = _centre_square(np.asarray(im)).reshape(-1, 3).mean(0)
+        got = load_rgb(root / rel, 64).reshape(-1, 3).mean(0)
+        assert np.abs(got - want).max() < 3, (rel, got, want)
     assert _no_temp_leftovers(parent)
+
+
+# RGB -> YIQ (NTSC): Y luma; the angle in the (I, Q) plane is the hue the generator rotates.
+_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_LUMA, _CHROMA = 128.0, 40.0      # every stand-in source: this luma and chroma (0..255 units)
+
+
+def _flat_source(hue_deg: float):
+    from PIL import Image as PILImage
+    iq = _CHROMA * np.array([np.cos(np.radians(hue_deg)), np.sin(np.radians(hue_deg))])
+    rgb = np.linalg.solve(_YIQ, [_LUMA, *iq])
+    return PILImage.new("RGB", (640, 480), tuple(int(round(v)) for v in rgb))
+
+
+def test_generated_images_are_their_split_s_sources_within_the_documented_jitter(tmp_path, monkeypatch):
+    """Stand-in sources of one flat colour each (val photos at hue 0, train photos at 90 and
+    270 degrees): every generated image is then one flat colour whose luma, chroma and hue
+    are those of a source of its own split, scaled and rotated within the documented jitter
+    (brightness 0.75-1.25, saturation 0.7-1.3, hue +-15 degrees)."""
+    train_photos = [k for k in SAMPLE_PHOTOS if k not in SAMPLE_VAL]
+    hue = {name: 0.0 for name in SAMPLE_VAL} | {name: 90.0 + 180 * (i % 2) for i, name in enumerate(train_photos)}
+    monkeypatch.setattr(synthetic, "_source_image", lambda name: _flat_source(hue[name]))
+    root = tmp_path / "flat"
+    generate_imagenet_like(root, 24, seed=5, val_fraction=0.25)
+    lumas = []
+    for split, centres in (("val", [0.0]), ("train", [90.0, 270.0])):
+        for rel in list_split(root, split):
+            with Image.open(root / rel) as im:
+                pixels = np.asarray(im, dtype=np.float64).reshape(-1, 3)
+            assert pixels.std(0).max() < 3, rel                     # flat: no other photo mixed in
+            y, i, q = _YIQ @ pixels.mean(0)
+            chroma, angle = np.hypot(i, q), np.degrees(np.arctan2(q, i)) % 360
+            off = min(abs((angle - c + 180) % 360 - 180) for c in centres)
+            assert 0.75 * 0.98 < y / _LUMA < 1.25 * 1.02, (rel, y)
+            assert 0.75 * 0.7 * 0.95 < chroma / _CHROMA < 1.25 * 1.3 * 1.05, (rel, chroma)
+            assert off < 15 + 3, (rel, angle)                       # + JPEG and rounding error
+            lumas.append(y / _LUMA)
+    assert max(lumas) - min(lumas) > 0.2                            # the jitter is applied
 
 
 def test_generate_is_deterministic_and_idempotent(generated):

@@ -121,15 +121,6 @@ def _build_failures(*roots):
     return failures
 
 
-@pytest.fixture
-def one_torch_thread():
-    import torch
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("kind, array, reader", [
     ("labels", "posteriors", "TrainFCN32s"),   # training reads every label shard of its splits
     ("lab", "L", "TrainFCN32s"),               # ... and every Lab shard
@@ -255,3 +246,140 @@ def test_a_work_dir_that_cannot_be_created_is_a_one_line_error_naming_the_output
     failures = _build_failures(task)
     _assert_one_line_naming(failures[0][1], task.output().path, "Not a directory")
     assert blocker.read_text() == "a file where a folder should be\n"
+
+
+# ----------------------------------------------------------------------------- full disk in any write
+@pytest.fixture
+def disk_full_writing(monkeypatch):
+    """disk_full_writing(victim, module, name, let_through=0): the writer `module.name` (what a
+    call site uses, e.g. tasks.write_text_atomic or train.fit.save_checkpoint) writes `victim`
+    with the disk full half-way: no file can grow past half the data (half the text; half the
+    size of the file it replaces).  That is RLIMIT_FSIZE, so the write fails in the kernel (EFBIG,
+    as a full disk gives ENOSPC) whoever writes: Python, or torch's C++ zip writer.  Whatever the
+    writer does inside (temporary + rename, or a direct write) meets the fault.
+    The first `let_through` writes of `victim` succeed.  Returns the list of victim writes that
+    reached the writer: the call site must use it.  victim None: the writer works again."""
+    originals = {}
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)      # EFBIG instead of being killed
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+
+    def arm(victim, module, name, let_through=0):
+        real = originals.setdefault((module, name), getattr(module, name))
+        seen = []
+        if victim is None:
+            monkeypatch.setattr(module, name, real)
+            return seen
+
+        def writer(path, data, *args, **kwargs):
+            if Path(path) != Path(victim):
+                return real(path, data, *args, **kwargs)
+            seen.append(Path(path))
+            if len(seen) <= let_through:
+                return real(path, data, *args, **kwargs)
+            half = len(data.encode()) // 2 if isinstance(data, str) else Path(path).stat().st_size // 2
+            resource.setrlimit(resource.RLIMIT_FSIZE, (half, hard))
+            try:
+                return real(path, data, *args, **kwargs)
+            finally:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        monkeypatch.setattr(module, name, writer)
+        return seen
+    yield arm
+    signal.signal(signal.SIGXFSZ, handler)
+
+
+def test_a_full_disk_writing_a_manifest_leaves_no_partial_manifest(work, photo_dataset, disk_full_writing):
+    """A half-written manifest would be taken for a finished one (its task complete, readers fed
+    truncated JSON): each of the Lab manifest, the label manifest and the run inputs file fails
+    with a one-line error naming it, and leaves nothing; the next build writes them whole."""
+    import pipeline.run_inputs
+    root = tasks.PrepareRun(config=CFG, dataset=str(photo_dataset))
+    victims = [("LabSplit", root.requires()["train"].requires()["lab"], tasks),
+               ("LabelSplit", root.requires()["val"], tasks),
+               ("PrepareRun", root, pipeline.run_inputs)]
+    for family, task, module in victims:
+        path = Path(task.output().path)
+        disk_full_writing(None, tasks, "write_text_atomic")                # the previous victim's
+        seen = disk_full_writing(path, module, "write_text_atomic")
+        failures = _build_failures(root)
+        assert seen == [path], family
+        assert [t.task_family for t, _ in failures] == [family]
+        _assert_one_line_naming(failures[0][1], path, "File too large")
+        assert not path.exists() and _temporaries(work) == [], family
+    disk_full_writing(None, pipeline.run_inputs, "write_text_atomic")     # disarmed
+    build(root)
+    _assert_nothing_corrupt(work)                                         # every JSON whole
+    assert json.loads(Path(root.output().path).read_text())["arch"] == "fcn32s"
+
+
+def test_a_full_disk_saving_a_checkpoint_or_done_json_keeps_the_previous_checkpoint(
+        work, photo_dataset, disk_full_writing, one_torch_thread):
+    """Config 102 trains 20 iterations and saves checkpoint.pt at 10 and 20.  The disk fills
+    while saving the second: the run fails, checkpoint.pt still loads (iteration 10).  Then it
+    fills while writing done.json: the run fails without a done.json and the checkpoint is
+    iteration 20's.  The next build finishes from there."""
+    import train.fit
+    from train.checkpoint import load_checkpoint
+    train_task = tasks.TrainFCN32s(config=CFG, dataset=str(photo_dataset))
+    run = train_task.run_dir()
+    checkpoint, done = run / "checkpoint.pt", run / "done.json"
+
+    seen = disk_full_writing(checkpoint, train.fit, "save_checkpoint", let_through=1)
+    assert [t.task_family for t, _ in _build_failures(train_task)] == ["TrainFCN32s"]
+    assert len(seen) == 2 and load_checkpoint(checkpoint)["iteration"] == 10
+    assert not done.exists() and _temporaries(work) == []
+
+    disk_full_writing(None, train.fit, "save_checkpoint")                # disarmed
+    seen = disk_full_writing(done, train.fit, "write_text_atomic")
+    failures = _build_failures(train_task)
+    assert seen == [done] and [t.task_family for t, _ in failures] == ["TrainFCN32s"]
+    _assert_one_line_naming(failures[0][1], done, "File too large")
+    assert not done.exists() and load_checkpoint(checkpoint)["iteration"] == 20
+    assert _temporaries(work) == []
+    _assert_nothing_corrupt(work)
+
+    disk_full_writing(None, train.fit, "write_text_atomic")
+    build(train_task)
+    result = json.loads(done.read_text())
+    assert result["complete"] and result["iterations"] == 20 and result["resumed_from"] == 20
+    _assert_nothing_corrupt(work)
+
+
+# ----------------------------------------------------------------------------- killed mid-write
+_KILLED_WRITER = """
+import resource, signal, sys
+kind, path = sys.argv[1], sys.argv[2]
+if kind == "checkpoint":
+    import torch
+    from train.checkpoint import save_checkpoint
+    write = lambda: save_checkpoint(path, {"state_dict": {"w": torch.arange(100_000.0)}, "iteration": 2})
+else:
+    from pipeline.atomic import write_text_atomic
+    write = lambda: write_text_atomic(path, '{"iteration": 2, "pad": "%s"}' % ("x" * 100_000))
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL)          # past the limit: killed by the kernel
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+write()
+"""
+
+
+@pytest.mark.parametrize("kind", ["checkpoint", "text"])
+def test_a_writer_killed_in_the_middle_leaves_the_previous_file(tmp_path, kind):
+    """A process killed while it saves a checkpoint (train.checkpoint.save_checkpoint) or a JSON
+    file (pipeline.atomic.write_text_atomic: done.json, manifests) leaves the previous file as
+    it was, plus a temporary that the next run's cleanup removes."""
+    from pipeline.atomic import remove_stale_temporaries, write_text_atomic
+    from train.checkpoint import load_checkpoint, save_checkpoint
+    import torch
+    path = tmp_path / ("checkpoint.pt" if kind == "checkpoint" else "done.json")
+    if kind == "checkpoint":
+        save_checkpoint(path, {"state_dict": {"w": torch.zeros(3)}, "iteration": 1})
+    else:
+        write_text_atomic(path, '{"iteration": 1}')
+    proc = subprocess.run([sys.executable, "-c", _KILLED_WRITER, kind, str(path)], cwd=REPO, timeout=120,
+                          env={**ENV, "PYTHONDONTWRITEBYTECODE": "1"}, capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGXFSZ, (proc.returncode, proc.stderr[-2000:])
+    previous = load_checkpoint(path) if kind == "checkpoint" else json.loads(path.read_text())
+    assert previous["iteration"] == 1
+    assert len(_temporaries(tmp_path)) == 1                                # the killed writer's
+    assert remove_stale_temporaries(tmp_path) == 1 and list(tmp_path.iterdir()) == [path]

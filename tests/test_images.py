@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
 import sys
 import time
 
@@ -145,9 +146,15 @@ def test_load_rgb_with_size_reports_displayed_source_size(odd):
     assert load_rgb_with_size(folder / "good.jpg", 16)[1] == (96, 64)
 
 
-def test_non_ascii_file_name(odd):
+def test_non_ascii_file_name(odd, tmp_path):
     folder, _ = odd
-    assert load_rgb(os.path.join(str(folder), NON_ASCII_NAME), S).shape == (S, S, 3)
+    arr = load_rgb(os.path.join(str(folder), NON_ASCII_NAME), S)   # a str path, not a Path
+    q = quadrant_means(arr)
+    for key, colour in QUADRANTS.items():
+        assert _close(q[key], colour, 3), (key, q[key], colour)
+    ascii_copy = tmp_path / "plain.png"
+    ascii_copy.write_bytes((folder / NON_ASCII_NAME).read_bytes())
+    assert np.array_equal(arr, load_rgb(ascii_copy, S))            # the name changes nothing
 
 
 # --------------------------------------------------------------------------
@@ -232,7 +239,7 @@ def test_max_pixels_checked_from_the_header_before_decoding(odd, monkeypatch):
 
 def test_max_pixels_boundary(odd):
     folder, _ = odd
-    assert load_rgb(folder / "good.png", S, max_pixels=4800).shape == (S, S, 3)
+    assert np.array_equal(load_rgb(folder / "good.png", S, max_pixels=4800), load_rgb(folder / "good.png", S))
     with pytest.raises(SkipImage):
         load_rgb(folder / "good.png", S, max_pixels=4799)
 
@@ -341,8 +348,9 @@ def test_gray_tolerance(tmp_path):
     with pytest.raises(SkipImage) as e:
         load_rgb(tmp_path / "near.png", 16)
     assert e.value.reason == "grayscale"
-    assert load_rgb(tmp_path / "tinted.png", 16).shape == (16, 16, 3)
-    assert load_rgb(tmp_path / "near.png", 16, gray_tolerance=1).shape == (16, 16, 3)
+    # kept images keep their (slight) tint: same-size loads do not resample colours away
+    assert (load_rgb(tmp_path / "tinted.png", 16).reshape(-1, 3) == (123, 120, 120)).all()
+    assert (load_rgb(tmp_path / "near.png", 16, gray_tolerance=1).reshape(-1, 3) == (122, 120, 120)).all()
 
 
 # --------------------------------------------------------------------------
@@ -375,7 +383,9 @@ def test_skipimage_is_picklable_and_readable():
     e = pickle.loads(pickle.dumps(SkipImage("truncated", "cut at byte 10")))
     assert (e.reason, e.detail) == ("truncated", "cut at byte 10")
     assert str(e) == "truncated: cut at byte 10"
-    assert isinstance(e, Exception)
+    assert type(e) is SkipImage and e.args == ("truncated", "cut at byte 10")
+    bare = pickle.loads(pickle.dumps(SkipImage("empty")))
+    assert (bare.reason, bare.detail, str(bare)) == ("empty", "", "empty")
 
 
 def test_invalid_im_size(odd):
@@ -445,5 +455,13 @@ def test_large_jpeg_uses_draft_and_stays_accurate(tmp_path, monkeypatch):
 # fingerprint
 
 
-def test_badfiles_module_has_clean_entry_point():
-    assert callable(badfiles.write_odd_files)
+def test_badfiles_command_writes_the_same_folder_and_lists_every_file(odd, tmp_path):
+    """`python tests/badfiles.py FOLDER` (manual inspection) writes what the tests use."""
+    folder, expected = odd
+    proc = subprocess.run([sys.executable, badfiles.__file__, str(tmp_path / "cli")], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    assert proc.returncode == 0, proc.stderr
+    listed = dict(line.rsplit(None, 1) for line in proc.stdout.splitlines())
+    assert listed == {name: str(reason) for name, reason in expected.items()}
+    assert {p.name: p.read_bytes() for p in (tmp_path / "cli").iterdir()} == \
+        {p.name: p.read_bytes() for p in folder.iterdir()}

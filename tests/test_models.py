@@ -1,4 +1,4 @@
-"""FCN models: output geometry, 32s -> 16s init, frozen upsamplers, VGG16 loading.
+"""FCN models: output geometry and alignment, 32s -> 16s init, frozen upsamplers, VGG16 loading.
 
 CPU only and fast: forward passes use width 1/16; width 1 is only built on the
 meta device (shapes, no compute) or for the weight-loading test (no forward).
@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import models.fcn as fcn
 from models.colorizer import Colorizer
 from models.fcn import bilinear_kernel, bilinear_upsampler, crop, init_from_fcn, load_vgg16_bn_weights
 from models.registry import ARCHITECTURES, build_network as build_model
@@ -146,6 +147,60 @@ def trained_ish(model, seed):
             bn.num_batches_tracked.fill_(123)
         model.score_fr.bias.zero_()
     return model.eval()
+
+
+def mirror_symmetric(model, seed):
+    """model with random conv weights (fc6/fc7 and score layers included) that are
+    symmetric under left-right and up-down flips, and random biases."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if type(m) is nn.Conv2d:                  # not the frozen bilinear ConvTranspose2d
+                w = torch.randn(m.weight.shape, generator=g) * (2 / m.weight[0].numel()) ** 0.5
+                m.weight.copy_((w + w.flip(-1) + w.flip(-2) + w.flip(-1, -2)) / 4)
+                m.bias.normal_(0, 0.1, generator=g)
+    return model
+
+
+def mirror_asymmetry(arch):
+    """max |f(flip x) - flip f(x)| / max |f(x)| over both flips, for a net with flip-symmetric
+    kernels (trained-ish BN) on a 58 x 90 input.
+
+    Why this measures the crop offsets: with H + 198 a multiple of 32 (H = 26 mod 32) every
+    ceil-mode pool sees an even size and is flip-equivariant, so are the symmetric convs, BN,
+    ReLU and the bilinear upsamplers; a crop is then flip-equivariant only when it removes as
+    many rows at the top as at the bottom.  Those centred offsets are exactly the reference
+    ones (19 for 32s; 5 and 27 for 16s; 5, 9 and 31 for 8s).  An offset one pixel off shifts
+    the output (or a skip) by a pixel: measured 0.05 (32s 19 -> 18) to 1.6 (8s 9 -> 8),
+    against ~2e-6 of float rounding for the real offsets.
+    """
+    torch.manual_seed(0)
+    model = trained_ish(mirror_symmetric(build_model(arch, n_classes=3, width=W), seed=0), seed=1)
+    x = torch.randn(2, 1, 58, 90, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        y = model(x)
+        return max(float((model(x.flip(d)).flip(d) - y).abs().max() / y.abs().max()) for d in (-1, -2))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_crop_offsets_centre_the_output_on_the_input(arch):
+    """Alignment, not just size: a flip of the input flips the output (see mirror_asymmetry)."""
+    assert mirror_asymmetry(arch) < 1e-4
+
+
+@pytest.mark.parametrize("arch, skip, offset", [
+    ("fcn32s", None, 18), ("fcn16s", None, 26), ("fcn16s", 0, 4), ("fcn8s", 1, 8), ("fcn8s", None, 32)])
+def test_a_crop_offset_one_pixel_off_is_caught(monkeypatch, arch, skip, offset):
+    """The test above can fail: move one crop (final or a skip's) by a pixel."""
+    skips, (name, factor, _) = fcn.HEADS[arch]
+    if skip is None:
+        head = (skips, (name, factor, offset))
+    else:
+        skips = list(skips)
+        skips[skip] = skips[skip][:2] + (offset,)
+        head = (tuple(skips), (name, factor, fcn.HEADS[arch][1][2]))
+    monkeypatch.setitem(fcn.HEADS, arch, head)
+    assert mirror_asymmetry(arch) > 0.01
 
 
 def test_fcn16s_from_fcn32s_copies_params_and_bn_stats():

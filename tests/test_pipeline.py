@@ -92,7 +92,7 @@ def test_modifying_one_image_reruns_only_its_shard_and_what_follows(work, photo_
     write_photo(target, seed=99)
     os.utime(target, ns=(1, 1))                     # guarantee a new fingerprint
     build(labels(photo_dataset))
-    lab_runs = [t for t in tasks_ran(ran) if t.task_family == "LabShard"]
+    lab_runs = [t for t in ran.tasks() if t.task_family == "LabShard"]
     assert len(lab_runs) == 1 and "val/v1.png" in lab_runs[0].files
     # val is not used by the GMM: only that shard's labels follow
     fam = ran.families()
@@ -101,14 +101,14 @@ def test_modifying_one_image_reruns_only_its_shard_and_what_follows(work, photo_
 
 def test_adding_a_train_image_reconverts_only_its_shard_then_refits(work, photo_dataset, ran):
     build(labels(photo_dataset))
-    old_groups = [set(t.files) for t in tasks_ran(ran) if t.task_family == "LabShard"]
+    old_groups = [set(t.files) for t in ran.tasks() if t.task_family == "LabShard"]
     ran.clear()
     write_photo(photo_dataset / "train" / "extra.png", seed=50)
     lst = photo_dataset / "files_train.txt"
     lines = lst.read_text().split()
     lst.write_text("\n".join(lines[:5] + ["train/extra.png"] + lines[5:]) + "\n")
     build(labels(photo_dataset))
-    rerun = set().union(*[set(t.files) for t in tasks_ran(ran) if t.task_family == "LabShard"])
+    rerun = set().union(*[set(t.files) for t in ran.tasks() if t.task_family == "LabShard"])
     # the new file's shard is rebuilt (split in two if the new file is a boundary), nothing else
     assert "train/extra.png" in rerun
     assert any(rerun - {"train/extra.png"} == g for g in old_groups)
@@ -122,7 +122,7 @@ def test_deleting_one_label_shard_recomputes_only_that_shard(work, photo_dataset
     victim.unlink()
     ran.clear()
     build(labels(photo_dataset))
-    label_runs = [t for t in tasks_ran(ran) if t.task_family == "LabelShard"]
+    label_runs = [t for t in ran.tasks() if t.task_family == "LabelShard"]
     assert [Path(t.output().path) for t in label_runs] == [victim]
     assert ran.families().count("LabShard") == 0 and victim.exists()
 
@@ -143,7 +143,7 @@ def test_bumping_a_stage_version_reruns_that_stage_and_what_follows(work, photo_
 
 def test_uniform_binning_needs_no_fit_on_data(work, photo_dataset, ran):
     build(labels(photo_dataset, binning="uniform"))
-    gmm_task = [t for t in tasks_ran(ran) if t.task_family == "FitGMM"][0]
+    gmm_task = [t for t in ran.tasks() if t.task_family == "FitGMM"][0]
     g = load_gmm(gmm_task.output().path)
     assert len(g["weights"]) == 4 and gmm_task.requires() == []
 
@@ -161,8 +161,3 @@ def test_two_workers_from_the_command_line_build_the_same_outputs(work, photo_da
     assert proc.returncode != 0
     assert (f"colorize-fcn: error: PrepareRun: ConfigError: unknown config 999; valid configs: {sorted(CONFIGS)}"
             in proc.stderr.splitlines())
-
-
-def tasks_ran(ran):
-    from conftest import RAN
-    return list(RAN)
