@@ -12,6 +12,8 @@ and fingerprints (pipeline/plan.py), so a moved dataset rebuilds nothing.
 Machine settings come from luigi.cfg's [colorize] section.  Importing this module
 does not import torch: training and evaluation import it in the worker that runs them.
 """
+import functools
+import inspect
 import json
 import logging
 from collections import Counter
@@ -81,6 +83,19 @@ class Stage(luigi.Task):
     no longer need their inputs."""
     version = 1              # bump when the class's code changes what it writes
     not_in_sig = ("dataset",)   # the dataset's location: the shard signatures cover its files
+
+    def __init_subclass__(cls, **kwargs):
+        """Each stage's run() first checks its own outputs: a task is rerun when a deeper artifact
+        was deleted, and once that is rebuilt (byte-identical: its name is its signature) the
+        task's own outputs still hold, so it writes nothing."""
+        super().__init_subclass__(**kwargs)
+        work = cls.__dict__.get("run")
+        if work is not None and not inspect.isgeneratorfunction(work):
+            @functools.wraps(work)
+            def run(self):
+                if not luigi.Task.complete(self):
+                    work(self)
+            cls.run = run
 
     def sig_params(self) -> dict:
         return {name: p.serialize(getattr(self, name)) for name, p in self.get_params()

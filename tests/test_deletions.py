@@ -5,8 +5,8 @@ requires is complete, recursively.  So after deleting one artifact a build rerun
 and every task that requires that one, directly or not -- and nothing else.  Outputs are
 named by signature, so the rebuilt artifact is byte-identical.
 
-Ideally the tasks above it would not redo their work: the rebuilt input is the same, so
-their outputs still hold.  They do today (test_..._rewrites_only_it, xfail).
+The tasks above it do not redo their work: the rebuilt input is the same, so their outputs
+still hold, and Stage.run skips a task whose own outputs exist (test_..._rewrites_only_it).
 
 The preprocessing tests start from copies of one finished PrepareRun (config 102, with class
 rebalancing so that the class prior is in the graph) built once for the module.
@@ -125,13 +125,7 @@ def test_deleting_an_artifact_reruns_its_task_and_those_above_it(deleted, ran, k
     assert ran.families() == []
 
 
-RERUNS_DEPENDANTS = pytest.mark.xfail(
-    strict=True, reason="the tasks above a deleted artifact rerun and rewrite their (identical) outputs; "
-                        "fix: Stage skips its work when its own outputs exist (tasks.py)")
-
-
-@pytest.mark.parametrize("kind", [pytest.param(k, marks=RERUNS_DEPENDANTS) if k != "run inputs" else k
-                                  for k in RERUN])
+@pytest.mark.parametrize("kind", list(RERUN))
 def test_deleting_an_artifact_rewrites_only_it(deleted, kind):
     _, path, rewritten = deleted(kind)
     assert rewritten == {path}
