@@ -1,24 +1,97 @@
-"""Checkpoints that load with torch.load(weights_only=True).
+"""Checkpoints that load with torch.load(weights_only=True), and a run's resume point.
 
 A checkpoint is a dict of tensors and plain Python values only (no numpy
 arrays, no pickled classes), so loading one can never run code (train.rng keeps
-the RNG states in that form).  Files are written through pipeline.atomic.atomic_path (temporary file
-+ rename): a crash mid-save leaves the previous checkpoint intact.
+the RNG states in that form).  Files are written through pipeline.atomic.atomic_path
+(temporary file, fsync, rename): a crash or a full disk mid-save leaves the previous
+checkpoint intact.
+
+A run keeps its last two resume checkpoints: save_checkpoint(..., keep_previous=True)
+renames checkpoint.pt to checkpoint.prev.pt just before the new one takes its name, so at
+every moment at least one complete checkpoint exists (between the two renames only the
+previous one).  latest_checkpoint() resumes from checkpoint.pt, or from checkpoint.prev.pt
+when checkpoint.pt is missing or unreadable (truncated by a crash or a full disk,
+overwritten, ...), and says so in one line.
 """
+import os
+from pathlib import Path
+
 import torch
 
 from pipeline.atomic import atomic_path
 
+RESUME_KEYS = ("state_dict", "optimizer", "iteration")     # what makes a file a resume point
 
-def save_checkpoint(path, payload: dict) -> None:
-    """Atomically torch.save `payload` to `path`."""
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be used, or a run folder with no usable one."""
+
+
+def previous_path(path) -> Path:
+    """checkpoint.pt -> checkpoint.prev.pt"""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def save_checkpoint(path, payload: dict, keep_previous: bool = False) -> None:
+    """Atomically torch.save `payload` to `path`, on disk (fsync) before it takes the name.
+    keep_previous: the file it replaces becomes previous_path(path)."""
+    path = Path(path)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)                 # the bytes first: a power cut never leaves a short file
+        finally:
+            os.close(fd)
+        if keep_previous and path.exists():
+            os.replace(path, previous_path(path))
+
+
+def _reason(e: Exception) -> str:
+    return " ".join(str(e).split())[:200]
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
-    """torch.load with weights_only=True; errors name the file."""
+    """torch.load with weights_only=True; errors (CheckpointError, a RuntimeError) name the file."""
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - re-raised with the path
-        raise RuntimeError(f"cannot load checkpoint {path}: {e}") from e
+        raise CheckpointError(f"cannot load checkpoint {path}: {_reason(e)}") from e
+
+
+def _load_resume_point(path) -> dict:
+    ckpt = load_checkpoint(path)
+    missing = [k for k in RESUME_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} is not a resume checkpoint (no {', '.join(missing)})")
+    return ckpt
+
+
+def latest_checkpoint(path, log=print):
+    """(checkpoint dict, the file it came from) of the newest readable resume point among
+    `path` and previous_path(path); (None, None) when neither file exists.  Falling back to
+    the previous file is logged in one line, and an unreadable `path` is then deleted (else
+    the next save would rotate it into the previous file's place); when files exist but none is readable, a
+    one-line CheckpointError says which to delete (the run then restarts from iteration 0:
+    its old log, tiles, tb/ and best.pt are removed, see train.fit)."""
+    path = Path(path)
+    candidates = [p for p in (path, previous_path(path)) if p.exists()]
+    failures = []
+    for p in candidates:
+        try:
+            ckpt = _load_resume_point(p)
+        except CheckpointError as e:
+            failures.append(e)
+            continue
+        if failures:               # so that the next save does not rotate it into p's place
+            path.unlink(missing_ok=True)
+            log(f"{failures[0]}; removed it, resuming from {p.name} (iteration {ckpt['iteration']})")
+        elif p != path:
+            log(f"{path} is missing; resuming from {p.name} (iteration {ckpt['iteration']})")
+        return ckpt, p
+    if failures:
+        names = " and ".join(str(p) for p in candidates)
+        raise CheckpointError(f"cannot resume: {'; '.join(map(str, failures))}; delete {names} to restart "
+                              f"the run from iteration 0")
+    return None, None

@@ -9,6 +9,20 @@ optimiser, iteration, epoch and position inside it, best loss and every RNG are
 restored, log rows written after the checkpoint are dropped, and the run ends at
 the same weights an uninterrupted run reaches (on CPU).
 
+One writer per run folder, fresh starts start fresh (README "One writer per run folder"):
+  - fit holds an exclusive lock on the run folder (pipeline.runlock, <run>/.lock) from
+    start to end; a second fit on it waits (or, wait=False, fails naming the holder),
+    then finds the run complete and returns its result, or resumes it;
+  - the last two checkpoints are kept (checkpoint.pt, checkpoint.prev.pt); an unreadable
+    checkpoint.pt falls back to the previous one (train.checkpoint.latest_checkpoint);
+  - a run that starts from iteration 0 first removes what an earlier attempt wrote
+    (EARLIER_ATTEMPT: done.json first, then best.pt, checkpoints, logs, tiles, tb/,
+    plots and eval-* folders);
+  - best.pt deleted while the checkpoint records a best validation: rewritten from the
+    checkpoint when that is the best one's, else the best weights are lost and the run
+    restarts from iteration 0 (one line says so), so Luigi's task (done.json AND best.pt)
+    completes again.
+
 Distributed (fit(..., distributed=True) inside an initialised torch.distributed process
 group, see train/distributed.py): cfg["batch_size"] is the GLOBAL batch, split evenly over
 the ranks; BatchNorm becomes SyncBatchNorm and the colorizer is wrapped in
@@ -22,7 +36,9 @@ Run folder:
   inputs.json        what the run trains on (pipeline.run_inputs; written before fit)
   config.json        resolved cfg, arch, data sizes, git revision + dirty flag
   log.csv            train.runlog.LOG_COLUMNS
+  .lock              held by the process training the run (its host, pid, start time)
   checkpoint.pt      latest validation: everything needed to resume
+  checkpoint.prev.pt the validation before (resume point when checkpoint.pt is unreadable)
   best.pt            lowest validation loss so far: the Colorizer (settings + weights)
   tb/                TensorBoard events
   tiles/iterNNNNNN.jpg   colour | target clusters | gray | predicted clusters | decoded colour
@@ -32,6 +48,7 @@ Run folder:
 """
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,9 +61,10 @@ from models.device import autocast, resolve_device
 from models.fcn import init_from_fcn, load_vgg16_bn_weights
 from pipeline.atomic import remove_stale_temporaries, write_text_atomic
 from pipeline.progress import Progress
+from pipeline.runlock import RunLock
 
 from . import ddp
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .data import ShardDataset, make_loader
 from .loss import kl_loss
 from .metrics import ConfusionMeter
@@ -58,6 +76,11 @@ from .visual import plot_curves, save_jpeg, validation_tiles
 # any other difference means a different experiment and is refused.
 RESUMABLE_CHANGES = ("max_iteration", "interval_validate", "config", "init_config")
 N_VISUAL = 4                  # validation images drawn in each tile image
+# what an earlier attempt of a run wrote, removed when the run starts again from iteration 0;
+# done.json first (see _clear_earlier_attempt); eval-* folders (Evaluate of the old best.pt) too
+EARLIER_ATTEMPT = ("done.json", "best.pt", "checkpoint.pt", "checkpoint.prev.pt", "log.csv", "loss.png",
+                   "iou.png", "tiles", "tb")
+RESUME_ONLY = ("optimizer", "rng", "rng_ranks")   # checkpoint.pt keys that best.pt does not hold
 SCORE_KEYS = ("loss", "acc", "acc_cls", "mean_iu", "fwavacc")
 
 
@@ -196,12 +219,20 @@ def validate(colorizer, val_loader, device, state: TrainState) -> dict:
 
 
 # ----------------------------------------------------------------------------- set-up
-def build_colorizer(inputs, log=print):
-    """A fresh Colorizer for the run's inputs, started from the vgg_weights file and/or the
-    coarser run's best.pt when the config / inputs name them."""
+def build_colorizer(inputs, log=print, initialise=True):
+    """A fresh Colorizer for the run's inputs; initialise: started from the vgg_weights file
+    and/or the coarser run's best.pt when the config / inputs name them (initialise_colorizer)."""
     cfg = inputs.cfg
     colorizer = Colorizer(inputs.arch, inputs.n_clusters, cfg["width"], cfg["im_size"],
                           inputs.mean_L, inputs.gmm_arrays())
+    if initialise:
+        initialise_colorizer(colorizer, inputs, log)
+    return colorizer
+
+
+def initialise_colorizer(colorizer, inputs, log=print):
+    """Load the vgg_weights file and/or the coarser run's best.pt into a fresh colorizer."""
+    cfg = inputs.cfg
     if cfg.get("vgg_weights"):
         loaded = load_vgg16_bn_weights(colorizer.net, cfg["vgg_weights"])
         log(f"trunk initialised from {cfg['vgg_weights']} ({len(loaded)} layers)")
@@ -213,7 +244,6 @@ def build_colorizer(inputs, log=print):
         coarse = Colorizer.from_checkpoint(load_checkpoint(path), str(path))
         copied = init_from_fcn(colorizer.net, coarse.net)
         log(f"initialised from {path} ({coarse.arch}): {len(copied)} tensors copied")
-    return colorizer
 
 
 def _check_resume(ckpt, cfg, settings):
@@ -252,9 +282,96 @@ def _datasets(inputs, n_classes):
     return train_set, val_set
 
 
+# ----------------------------------------------------------------------------- run folder
+def _from_rank0(value):
+    """Rank 0's `value` on every rank (a pickled broadcast)."""
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _on_rank0(fn, rank, world_size):
+    """fn() run by rank 0 alone; its result, or its error (one line), on every rank."""
+    if world_size == 1:
+        return fn()
+    if rank != 0:
+        kind, value = _from_rank0(None)
+        if kind == "error":
+            raise RuntimeError(f"rank 0: {value}")
+        return value
+    try:
+        value = fn()
+    except Exception as e:
+        _from_rank0(("error", f"{type(e).__name__}: {e}"))
+        raise
+    _from_rank0(("ok", value))
+    return value
+
+
+def _clear_earlier_attempt(run_dir, log):
+    """A run that starts from iteration 0 starts with empty logs: remove what an earlier
+    attempt wrote.  done.json goes first, so a crash half-way leaves a run that is not
+    complete, and has no checkpoint, so its next start clears the rest."""
+    removed = []
+    for path in [run_dir / name for name in EARLIER_ATTEMPT] + sorted(run_dir.glob("eval-*")):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+            removed.append(path.name + "/")
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+            removed.append(path.name)
+    if removed:
+        log(f"{run_dir} starts from iteration 0: removed {', '.join(removed)} of an earlier attempt")
+
+
+def _rebuild_best(ckpt, source, best_path, log) -> bool:
+    """best.pt is missing although `ckpt` records a best validation: rewrite it from ckpt
+    when ckpt is that validation's checkpoint; False when its weights are lost."""
+    if ckpt["iteration"] != ckpt["best_iteration"]:
+        log(f"{best_path} is missing and no checkpoint holds its weights (iteration "
+            f"{ckpt['best_iteration']}): the best weights are lost, restarting the run from iteration 0")
+        return False
+    save_checkpoint(best_path, {k: v for k, v in ckpt.items() if k not in RESUME_ONLY})
+    log(f"{best_path} was missing; rebuilt from {source.name} (iteration {ckpt['iteration']}, the best)")
+    return True
+
+
+def _read_done(run_dir):
+    try:
+        return json.loads((run_dir / "done.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _start(run_dir, cfg, settings, log):
+    """Rank 0, holding the run folder's lock: where this session starts.  Returns
+    ({"checkpoint": file to resume from or None (iteration 0), "done": the finished
+    result when there is nothing to train, else None}, the checkpoint dict or None)."""
+    ckpt, source = latest_checkpoint(run_dir / "checkpoint.pt", log)
+    best_path = run_dir / "best.pt"
+    if ckpt is not None:
+        _check_resume(ckpt, cfg, settings)
+        complete = ckpt["iteration"] >= int(cfg["max_iteration"])
+        if complete and ckpt["best_iteration"] is None and not best_path.exists():
+            raise ValueError(f"{run_dir} ran {ckpt['iteration']} iterations without a finite validation "
+                             f"loss, so it has no best.pt: this config diverges (try a lower lr)")
+        best_lost = ckpt["best_iteration"] is not None and not best_path.exists() \
+            and not _rebuild_best(ckpt, source, best_path, log)
+        if best_lost:
+            ckpt = None
+        elif complete and _read_done(run_dir) is not None:     # else resumed at the end: writes it
+            return {"checkpoint": None, "done": _read_done(run_dir)}, None
+        elif not complete:
+            (run_dir / "done.json").unlink(missing_ok=True)     # max_iteration raised: not done
+    if ckpt is None:
+        _clear_earlier_attempt(run_dir, log)
+        return {"checkpoint": None, "done": None}, None
+    return {"checkpoint": str(source), "done": None}, ckpt
+
+
 # ----------------------------------------------------------------------------- fit
 def fit(run_dir, inputs, device="auto", loader_workers=0, log=print, on_step=None, stop_after=None,
-        distributed=False, sync_bn=True) -> dict:
+        distributed=False, sync_bn=True, wait=True) -> dict:
     """Train inputs.arch on inputs.train, validating on inputs.val; resume if run_dir has a
     checkpoint.  inputs: a pipeline.run_inputs.RunInputs.
 
@@ -263,28 +380,60 @@ def fit(run_dir, inputs, device="auto", loader_workers=0, log=print, on_step=Non
     {best_val_loss, best_iteration, final (last validation metrics), iterations,
     images_per_s, elapsed_s, device, resumed_from, complete, run_dir}.
 
+    One writer per run folder: fit holds an exclusive lock on run_dir (pipeline.runlock)
+    while it works.  When another process holds it, fit waits for it (saying so now and
+    then), or, wait=False, raises RunLocked naming the holder's host and pid.  A run that
+    is already complete (checkpoint at max_iteration, best.pt and done.json) returns
+    done.json's result without training or writing anything.
+
     distributed: this process is one rank of the default torch.distributed process group
     (every rank calls fit with the same arguments, `device` its own); see the module
-    docstring.  Only rank 0 logs and writes; on_step runs on every rank.  sync_bn: convert
-    BatchNorm to SyncBatchNorm (distributed only)."""
-    cfg, t_session = inputs.cfg, time.time()
+    docstring.  Only rank 0 logs, locks and writes; on_step runs on every rank.  sync_bn:
+    convert BatchNorm to SyncBatchNorm (distributed only)."""
     rank, world_size = ddp.rank_and_world() if distributed else (0, 1)
     if rank != 0:
         log = _quiet
     run_dir = Path(run_dir)
+    lock = RunLock(run_dir, log=log, hold=rank == 0)
+    lock.acquire(wait, agree=_from_rank0 if world_size > 1 else None)
+    try:
+        return _fit_locked(run_dir, inputs, device, loader_workers, log, on_step, stop_after,
+                           rank, world_size, sync_bn)
+    finally:
+        lock.release()
+
+
+def _fit_locked(run_dir, inputs, device, loader_workers, log, on_step, stop_after, rank, world_size,
+                sync_bn) -> dict:
+    cfg, t_session = inputs.cfg, time.time()
     if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(run_dir)
-    if world_size > 1:
-        ddp.barrier()                                      # the folder exists, no stale temporaries
+    seed = int(cfg["seed"])
+    seed_everything(seed)                                  # once; resume then restores the states
+    colorizer = build_colorizer(inputs, log, initialise=False)
+    settings = colorizer.settings()
+
+    # -- where to start: rank 0 decides (and clears or repairs the folder), every rank follows
+    kept = {}                                              # rank 0's checkpoint dict, loaded once
+
+    def decide():
+        start, kept["resume"] = _start(run_dir, cfg, settings, log)
+        return start
+    start = _on_rank0(decide, rank, world_size)
+    if start["done"] is not None:
+        log(f"{run_dir} is already complete ({start['done'].get('iterations')} iterations): nothing to do")
+        return start["done"]
+    resume = kept["resume"] if rank == 0 else (
+        load_checkpoint(start["checkpoint"]) if start["checkpoint"] else None)
+    if resume is None:
+        initialise_colorizer(colorizer, inputs, log)
+
     device = resolve_device(device, warn=log)
     if device.type == "cpu":
         log(f"training runs on CPU ({torch.get_num_threads()} threads): fine for the tiny test/demo "
             f"configs, very slow at full size (256x256, width 1) -- use a CUDA GPU for those")
     cuda = device.type == "cuda"
     torch.backends.cudnn.benchmark = cuda
-    seed = int(cfg["seed"])
-    seed_everything(seed)                                  # once; resume then restores the states
 
     # -- data
     n_classes = inputs.n_clusters
@@ -305,10 +454,6 @@ def fit(run_dir, inputs, device="auto", loader_workers=0, log=print, on_step=Non
 
     # -- colorizer, optimiser, resume
     ckpt_path, best_path, log_path = run_dir / "checkpoint.pt", run_dir / "best.pt", run_dir / "log.csv"
-    resume = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
-    colorizer = build_colorizer(inputs, log) if resume is None else Colorizer(
-        inputs.arch, n_classes, cfg["width"], cfg["im_size"], inputs.mean_L, inputs.gmm_arrays())
-    settings = colorizer.settings()
     if world_size > 1 and sync_bn:
         colorizer = ddp.convert_sync_batchnorm(colorizer, device)
     colorizer.to(device)
@@ -322,7 +467,6 @@ def fit(run_dir, inputs, device="auto", loader_workers=0, log=print, on_step=Non
                        class_weights=class_weights, kl_reduction=cfg["kl_reduction"])
     resumed_from = None
     if resume is not None:
-        _check_resume(resume, cfg, settings)
         _restore(resume, state, colorizer, optimizer, train_loader, seed, rank, log)
         if rank == 0:
             truncate_log(log_path, state.iteration)
@@ -376,10 +520,10 @@ def fit(run_dir, inputs, device="auto", loader_workers=0, log=print, on_step=Non
                    "elapsed_s": elapsed, "val": dict(rows["valid"])}
         if best:                                      # best.pt first: see the module docstring
             save_checkpoint(best_path, payload)
-        payload.update(optimizer=optimizer.state_dict(), rng=rng)
+        payload.update(optimizer=optimizer.state_dict(), rng=rng)   # RESUME_ONLY keys
         if rng_ranks is not None:                     # every rank's RNGs (dropout), rank 0's = rng
             payload["rng_ranks"] = rng_ranks
-        save_checkpoint(ckpt_path, payload)
+        save_checkpoint(ckpt_path, payload, keep_previous=True)
 
     def step_hook(iteration, max_it, loss):
         if progress is not None:
