@@ -40,7 +40,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline.atomic import _TMP_TAG, _temporary_name
+from pipeline.atomic import TMP_TAG, temporary_name
 from pipeline.run_inputs import INPUTS_FILE
 
 from .runs import busy_reason, default_work_dir, live_temporaries, read_run, run_folders
@@ -169,7 +169,7 @@ def _listed(manifest: Path, work: Path):
 
 
 def _is_temporary(name: str) -> bool:
-    return name.startswith(".") and _TMP_TAG in name
+    return name.startswith(".") and TMP_TAG in name
 
 
 def _keep_paths(paths, work: Path, warnings: list) -> list:
@@ -338,7 +338,7 @@ def execute(plan: Plan) -> list:
     work, errors, renamed = Path(plan.work_dir), [], []
     for item in plan.delete:
         path = work / item.path.rstrip("/")
-        tmp = _temporary_name(path)
+        tmp = temporary_name(path)
         reason = busy_reason(path, 0) if item.path.endswith("/") else None
         if reason:
             errors.append(f"not deleted: {path} is in use now ({reason})")

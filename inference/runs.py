@@ -21,17 +21,12 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.atomic import _TMP_TAG, _owner_alive
+from pipeline.atomic import TMP_TAG, owner_alive
 from pipeline.config import ConfigError, resolve_config
 from pipeline.progress import format_seconds
 from pipeline.run_inputs import INPUTS_FILE
+from pipeline.runlock import holder as lock_holder
 
-try:
-    import fcntl
-except ImportError:            # no flock (Windows): a lock is never seen as held
-    fcntl = None
-
-LOCK_NAME = ".lock"            # pipeline/runlock.py: flock'd while a process trains the run
 EVAL_METHOD = "model/annealed"  # the AuC shown: the network's posteriors, annealed-mean decoder
 COLUMNS = ("arch", "config", "overrides", "dataset", "iterations", "best", "state", "auc", "run")
 
@@ -50,43 +45,12 @@ def run_folders(work) -> list:
 
 
 # ----------------------------------------------------------------------------- in use
-def lock_holder(folder):
-    """'host:pid' of the process holding <folder>/.lock, or None when nobody holds it.
-    The file stays after a release (emptied) or a crash (the kernel drops the flock), so only
-    a non-empty file is probed, with a non-blocking flock taken and dropped at once."""
-    path = Path(folder) / LOCK_NAME
-    try:
-        text = path.read_text()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError:
-        return "unknown (unreadable lock file)"
-    if not text.strip() or fcntl is None:
-        return None
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None                       # a dead holder's line: the lock is free
-    except OSError:
-        try:
-            h = json.loads(text)
-            return f"{h['host']}:{h['pid']}"
-        except (ValueError, KeyError, TypeError):
-            return "unknown"
-    finally:
-        os.close(fd)
-
-
 def live_temporaries(folder) -> list:
     """Hidden temporaries (pipeline/atomic.py) in `folder` whose writer is alive or on
     another host: a file being written right now."""
     try:
         return sorted(e.name for e in Path(folder).iterdir()
-                      if e.name.startswith(".") and _TMP_TAG in e.name and _owner_alive(e.name))
+                      if e.name.startswith(".") and TMP_TAG in e.name and owner_alive(e.name))
     except OSError:
         return []
 

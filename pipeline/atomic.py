@@ -12,11 +12,11 @@ import socket
 import uuid
 from pathlib import Path
 
-_TMP_TAG = ".tmp-"
+TMP_TAG = ".tmp-"
 
 
-def _temporary_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}{_TMP_TAG}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+def temporary_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}{TMP_TAG}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
 @contextlib.contextmanager
@@ -29,7 +29,7 @@ def atomic_path(path):
     errno, so the message names the output, not the temporary.
     """
     path = Path(path)
-    tmp = _temporary_name(path)
+    tmp = temporary_name(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
@@ -54,10 +54,10 @@ def write_text_atomic(path, text: str) -> None:
         Path(tmp).write_text(text)
 
 
-def _owner_alive(name: str) -> bool:
+def owner_alive(name: str) -> bool:
     """True unless the temporary was made by a dead process on this host."""
     try:
-        host_pid = name.split(_TMP_TAG, 1)[1].rsplit("-", 1)[0]
+        host_pid = name.split(TMP_TAG, 1)[1].rsplit("-", 1)[0]
         host, pid = host_pid.rsplit("-", 1)
         if host != socket.gethostname():
             return True       # another machine's writer: we cannot tell, keep it
@@ -76,7 +76,7 @@ def remove_stale_temporaries(folder) -> int:
         return 0
     removed = 0
     for entry in folder.iterdir():
-        if entry.name.startswith(".") and _TMP_TAG in entry.name and not _owner_alive(entry.name):
+        if entry.name.startswith(".") and TMP_TAG in entry.name and not owner_alive(entry.name):
             shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
             removed += 1
     return removed

@@ -57,6 +57,26 @@ def _holder_text(raw: bytes):
         return None
 
 
+def holder(folder):
+    """'host:pid (since <time>)' of the process holding <folder>/.lock, or None when nobody
+    does (no file, an emptied one, or a dead holder's: the kernel dropped its flock).  Probes
+    with a shared non-blocking flock, taken and dropped at once; never waits."""
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(Path(folder) / LOCK_NAME, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    except OSError as e:
+        return (_holder_text(os.pread(fd, 4096, 0)) or "an unknown process") if e.errno in _BUSY else None
+    finally:
+        os.close(fd)
+
+
 class RunLock:
     """Exclusive lock on `folder` (created if needed).  hold=False: take part in acquire()'s
     agreement without touching the filesystem (ranks > 0 of a distributed run)."""

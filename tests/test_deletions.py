@@ -131,8 +131,6 @@ def test_deleting_an_artifact_rewrites_only_it(deleted, kind):
     assert rewritten == {path}
 
 
-@pytest.mark.xfail(strict=False, reason="needs h/lock: fit() resumes from checkpoint.pt at the last "
-                                        "iteration and does not write best.pt again")
 def test_deleting_a_runs_best_pt_retrains_it(work, photo_dataset, ran, one_torch_thread):
     """A finished run is complete while done.json and best.pt exist (it no longer needs its
     inputs); without best.pt it trains again and writes it."""

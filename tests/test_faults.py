@@ -325,7 +325,9 @@ def test_a_full_disk_saving_a_checkpoint_or_done_json_keeps_the_previous_checkpo
     checkpoint, done = run / "checkpoint.pt", run / "done.json"
 
     seen = disk_full_writing(checkpoint, train.fit, "save_checkpoint", let_through=1)
-    assert [t.task_family for t, _ in _build_failures(train_task)] == ["TrainFCN32s"]
+    failures = _build_failures(train_task)
+    assert [t.task_family for t, _ in failures] == ["TrainFCN32s"]
+    _assert_one_line_naming(failures[0][1], checkpoint, "full disk")   # torch's own writer failed
     assert len(seen) == 2 and load_checkpoint(checkpoint)["iteration"] == 10
     assert not done.exists() and _temporaries(work) == []
 

@@ -199,7 +199,7 @@ def test_what_is_in_use_is_never_deleted(copy_work, built):
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
         row = next(r for r in list_runs(work) if r["run"] == old.name)
-        assert row["state"] == "finished" and row["locked_by"] == "h:1"
+        assert row["state"] == "finished" and row["locked_by"] == "h:1 (since now)"
         plan = plan_gc(work, runs=[new], delete_runs=True, min_age_s=0)
         assert plan.delete == [] and old.name in plan.kept_runs     # the run and its caches
     finally:

@@ -38,7 +38,10 @@ def save_checkpoint(path, payload: dict, keep_previous: bool = False) -> None:
     keep_previous: the file it replaces becomes previous_path(path)."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        try:
+            torch.save(payload, tmp)
+        except RuntimeError as e:        # torch's writer reports a full disk as "unexpected pos ..."
+            raise OSError(None, f"torch.save failed ({_reason(e)}; a full disk?)") from None
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)                 # the bytes first: a power cut never leaves a short file
