@@ -75,3 +75,28 @@ def test_terminal_redraws_in_place_and_notes_start_a_new_line(monkeypatch):
     assert out.getvalue() == ("\rtrain 1/3 (33%) 1.00/s elapsed 1s ETA 2s\n"
                               "valid iter 1: loss 0.5 (new best)\n"
                               "\rtrain 2/3 (67%) 1.00/s elapsed 2s ETA 1s\n")
+
+
+def test_training_prints_one_line_per_validation_and_logs_hparams(tmp_path, capsys):
+    """fit()'s console (stderr, not a terminal here): progress with a smoothed loss, then one
+    'valid ...' line per validation; TensorBoard gets the config as hparams in one events file."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from test_train import PHOTOS, _build_shards, _cfg, _inputs
+    from train.fit import fit
+    data = _build_shards(tmp_path, PHOTOS[:4], factor=8, empty_shard=False)
+    fit(tmp_path / "run", _inputs(data, _cfg(max_iteration=4, interval_validate=2, batch_size=2)),
+        device="cpu", log=lambda *a: None)
+    lines = capsys.readouterr().err.splitlines()
+    valid = [line for line in lines if line.startswith("valid ")]
+    assert len(valid) == 2, lines
+    assert re.match(r"valid iteration 2/4: loss \d+\.\d{4}, mean IoU \d\.\d{3}, pixel acc \d\.\d{3}  \(new best\)$",
+                    valid[0]), valid[0]
+    assert re.match(r"valid iteration 4/4: .*\((new best|best \d+\.\d{4} at 2)\)$", valid[1]), valid[1]
+    assert any(re.match(r"train 4/4 \(100%\) .* loss \d+\.\d{4} \(smoothed\)$", line) for line in lines), lines
+    events = list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    acc = EventAccumulator(str(tmp_path / "run" / "tb"))
+    acc.Reload()
+    assert "hparam/best_val_loss" in acc.Tags()["scalars"]
+    assert "_hparams_/experiment" in acc.summary_metadata

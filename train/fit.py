@@ -82,6 +82,7 @@ EARLIER_ATTEMPT = ("done.json", "best.pt", "checkpoint.pt", "checkpoint.prev.pt"
                    "iou.png", "tiles", "tb")
 RESUME_ONLY = ("optimizer", "rng", "rng_ranks")   # checkpoint.pt keys that best.pt does not hold
 SCORE_KEYS = ("loss", "acc", "acc_cls", "mean_iu", "fwavacc")
+LOSS_SMOOTHING = 0.98         # the progress line's loss: an exponential moving average (~50 steps)
 
 
 @dataclass
@@ -524,10 +525,20 @@ def _fit_locked(run_dir, inputs, device, loader_workers, log, on_step, stop_afte
         if rng_ranks is not None:                     # every rank's RNGs (dropout), rank 0's = rng
             payload["rng_ranks"] = rng_ranks
         save_checkpoint(ckpt_path, payload, keep_previous=True)
+        v = rows["valid"]
+        progress.note(f"valid iteration {it}/{max_iteration}: loss {v['loss']:.4f}, mean IoU {v['mean_iu']:.3f}, "
+                      f"pixel acc {v['acc']:.3f}" + ("  (new best)" if best else
+                                                     f"  (best {state.best_loss:.4f} at {state.best_iteration})"))
+        if it >= max_iteration and state.best_loss is not None:
+            _log_hparams(writer, cfg, state.best_loss, it)
+
+    smoothed = {}
 
     def step_hook(iteration, max_it, loss):
         if progress is not None:
-            progress.update(1, f"loss {loss:.4f}")
+            ema = smoothed.get("loss")
+            smoothed["loss"] = loss if ema is None else LOSS_SMOOTHING * ema + (1 - LOSS_SMOOTHING) * loss
+            progress.update(1, f"loss {smoothed['loss']:.4f} (smoothed)")
         if on_step is not None:
             on_step(iteration, max_it, loss)
         if iteration % interval == 0 or iteration == max_it:
@@ -572,6 +583,16 @@ def _fit_locked(run_dir, inputs, device, loader_workers, log, on_step, stop_afte
     if world_size > 1:
         ddp.barrier()                                      # rank 0 has written everything
     return result
+
+
+def _log_hparams(writer, cfg, best_loss, iteration):
+    """The run's config and best validation loss in TensorBoard's HPARAMS tab, in the run's own
+    events file (SummaryWriter.add_hparams would start a second one), so runs compare there."""
+    from torch.utils.tensorboard.summary import hparams
+    values = {k: v for k, v in cfg.items() if isinstance(v, (int, float, str, bool))}
+    for summary in hparams(values, {"hparam/best_val_loss": best_loss}):
+        writer._get_file_writer().add_summary(summary)
+    writer.add_scalar("hparam/best_val_loss", best_loss, iteration)
 
 
 def _quiet(*args, **kwargs):
