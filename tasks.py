@@ -29,7 +29,7 @@ from pipeline.atomic import remove_stale_temporaries, write_text_atomic
 from pipeline.config import resolve_config
 from pipeline.fingerprint import MODES as FINGERPRINT_MODES
 from pipeline.gmm import fit_gmm, load_gmm, save_gmm, uniform_grid
-from pipeline.luigi_params import OverridesParameter
+from pipeline.luigi_params import ConfigNumberParameter, OverridesParameter
 from pipeline.plan import plan_shards
 from pipeline.preprocess import build_label_shard, build_lab_shard, gmm_features, mean_lightness
 from pipeline.prior import cluster_prior, rebalance_weights
@@ -330,7 +330,7 @@ _NOT_IN_RUN_SIG = ("config", "init_config")
 
 class ConfigTask(Stage):
     """A task of one experiment: config number + overrides on a dataset, for one architecture."""
-    config = luigi.IntParameter(description="experiment config number (pipeline/config.py)")
+    config = ConfigNumberParameter(description="experiment config number (pipeline/config.py)")
     overrides = OverridesParameter(default={}, description='JSON dict of config keys to change, e.g. {"lr": 1e-4}')
     dataset = luigi.Parameter(default="", description="dataset root ('' = [colorize] dataset)")
 

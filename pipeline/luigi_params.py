@@ -2,7 +2,7 @@
 scheduling_error exit code, before any work (pipeline.luigi_summary.bad_command_line)."""
 import luigi
 
-from .config import ConfigError, parse_overrides
+from .config import CONFIGS, ConfigError, parse_overrides
 from .luigi_summary import bad_command_line
 
 
@@ -16,3 +16,17 @@ class OverridesParameter(luigi.DictParameter):
             return self.normalize(parse_overrides(x))
         except ConfigError as error:
             raise bad_command_line(error) from None
+
+
+class ConfigNumberParameter(luigi.IntParameter):
+    """--config: the number of an experiment config (pipeline.config.CONFIGS)."""
+
+    def parse(self, x):
+        try:
+            number = int(x)
+        except (TypeError, ValueError):
+            raise bad_command_line(ConfigError(f"--config must be a config number, got {x!r}; "
+                                               f"valid configs: {sorted(CONFIGS)}")) from None
+        if number not in CONFIGS:
+            raise bad_command_line(ConfigError(f"unknown config {number}; valid configs: {sorted(CONFIGS)}"))
+        return number

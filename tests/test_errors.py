@@ -55,10 +55,26 @@ def test_a_bad_overrides_value_is_one_line_and_exit_35_before_anything_is_writte
     assert not work.exists()
 
 
+@pytest.mark.parametrize("number, says", [
+    ("abc", "--config must be a config number, got 'abc'"),
+    ("999", "unknown config 999; valid configs: [7, 14"),
+])
+def test_a_bad_config_number_is_one_line_and_exit_35_before_anything_is_written(
+        tmp_path, photo_dataset, number, says):
+    work = tmp_path / "work"
+    cmd = _luigi("TrainFCN16s", "--config", number, work=work, dataset=photo_dataset)
+    [(code, stderr)] = _run_all([cmd])
+    assert code == 35, stderr
+    [line] = stderr.splitlines()
+    assert line.startswith(f"colorize-fcn: error: TrainFCN16s: ConfigError: {says}"), line
+    assert not work.exists()
+
+
 def test_config_and_dataset_errors_are_one_line_each_exit_35_and_the_log_has_the_traceback(
         tmp_path, photo_dataset):
-    """Errors found while scheduling: resolve_config's (keys that do not fit together, an
-    unknown config) for every kind of root task, a missing dataset, an empty split list."""
+    """Errors found while scheduling: resolve_config's (keys that do not fit together) for
+    every kind of root task, a missing dataset, an empty split list.  (An unknown config number
+    is refused earlier, while the command line is parsed: the test above.)"""
     empty_split = tmp_path / "empty-split"
     empty_split.mkdir()
     (empty_split / "files_train.txt").write_text("")
@@ -69,7 +85,6 @@ def test_config_and_dataset_errors_are_one_line_each_exit_35_and_the_log_has_the
                                                "multiple of img_lowpass 3"),
         ("Evaluate", misfit, photo_dataset, "ConfigError: config 102 with overrides: im_size 32"),
         ("PrepareRun", misfit, photo_dataset, "ConfigError: config 102 with overrides: im_size 32"),
-        ("PrepareRun", ("--config", "999"), photo_dataset, "ConfigError: unknown config 999; valid configs: "),
         ("PrepareRun", (), tmp_path / "nowhere", f"dataset root does not exist: '{tmp_path / 'nowhere'}'"),
         ("PrepareRun", (), empty_split, f"split 'train' is empty: {empty_split / 'files_train.txt'} lists no "
                                         "images"),
@@ -91,10 +106,10 @@ def test_config_and_dataset_errors_are_one_line_each_exit_35_and_the_log_has_the
 
 
 def test_colorize_debug_shows_the_tracebacks_on_the_console(tmp_path, photo_dataset):
-    [(code, stderr)] = _run_all([_luigi("PrepareRun", "--config", "999", work=tmp_path / "work",
+    [(code, stderr)] = _run_all([_luigi("PrepareRun", "--overrides", '{"img_lowpass": 3}', work=tmp_path / "work",
                                         dataset=photo_dataset)], env={**ENV, "COLORIZE_DEBUG": "1"})
     assert code == 35 and "Traceback (most recent call last)" in stderr
-    assert "colorize-fcn: error: PrepareRun: ConfigError: unknown config 999" in stderr
+    assert "colorize-fcn: error: PrepareRun: ConfigError: config 102 with overrides: im_size 32" in stderr
 
 
 @pytest.fixture
