@@ -12,7 +12,8 @@ import os
 # Bump a stage's number when its code changes what it writes; that stage and
 # everything downstream of it then rerun.
 STAGE_VERSIONS = {
-    "lab": 2,        # decode, resize, Lab conversion, shard layout (2: int16 fixed-point Lab)
+    "lab": 3,        # decode, resize, Lab conversion, shard layout (2: int16 fixed-point Lab;
+                     # 3: JPEG draft down to 2x the target, crop on the exact drafted extent)
     "mean": 1,       # mean lightness estimate
     "gmm": 1,        # hue/chroma mixture fit
     "labels": 2,     # low-pass + posteriors (2: reads int16 Lab, batched)
