@@ -55,7 +55,8 @@ from PIL import Image  # noqa: E402
 
 from pipeline.color import ab_to_hue_chroma, lab_planes  # noqa: E402
 from pipeline.datasets import generate_imagenet_like, list_split  # noqa: E402
-from pipeline.images import DRAFT_OVERSAMPLE, REDUCING_GAP, RESAMPLE, _square_box, load_rgb_with_size  # noqa: E402
+from pipeline.images import (DRAFT_OVERSAMPLE, REDUCING_GAP, RESAMPLE, _square_box,  # noqa: E402
+                             load_rgb_with_size)
 from pipeline.shards import COMPRESSION, LAB_SCALE, read_array, write_shard  # noqa: E402
 from pipeline.gmm import _log_density_weights, fit_gmm  # noqa: E402
 from pipeline.labels import lowpass_ab  # noqa: E402
@@ -204,8 +205,8 @@ def main():
         fit_s = time.perf_counter() - t0
 
         # plain and ours start from the same pixels (ours' only differences are its checks)
-        same = all(np.array_equal(plain_image(data / rp, args.im_size), load_rgb_with_size(data / rp, args.im_size)[0])
-                   for rp in chunks[0])
+        same = all(np.array_equal(plain_image(data / rp, args.im_size),
+                                  load_rgb_with_size(data / rp, args.im_size)[0]) for rp in chunks[0])
 
         # warm-up of every path (imports, lookup tables, allocator)
         plain(data, chunks[0][:10], args.im_size)
@@ -226,7 +227,8 @@ def main():
                     c0 = time.process_time()
                     if side == "what_if":
                         with what_if(args.what_if) as comp:
-                            t[side] += sum(ours(data, files, args.im_size, gmm, args.lowpass, out, f"w{c}", comp))
+                            t[side] += sum(ours(data, files, args.im_size, gmm, args.lowpass, out,
+                                                f"w{c}", comp))
                     elif side == "ours":
                         a, b = ours(data, files, args.im_size, gmm, args.lowpass, out, f"{c}")
                         t["lab"] += a
