@@ -145,7 +145,7 @@ class LabParams(Stage):
 class LabShard(LabParams):
     """Reads the shard's source images; writes lab/s<size>/<sig>.h5
     (L, ab, paths, sizes, fingerprints; skipped files with reasons in attrs)."""
-    version = 3
+    version = 4              # 4: JPEG draft down to 2x the target only, crop centred on the exact extent
     shard = luigi.Parameter(description="signature of the shard's files (from the split plan)")
     files = luigi.ListParameter(significant=False, visibility=ParameterVisibility.PRIVATE)
 

@@ -13,6 +13,7 @@ Lab shard:    L (N, S, S) lightness 0..100 and ab (N, 2, S, S), both int16 fixed
 Label shard:  posteriors (N, K, s, s) float16, s = S // lowpass; paths (N,).
 """
 import json
+import threading
 
 import h5py
 import numpy as np
@@ -61,43 +62,99 @@ def _as_attr(value):
     return json.dumps(value) if isinstance(value, (dict, list, tuple)) else value
 
 
+class _MemoryFile:
+    """A file in a uint8 array, for h5py's file-object driver: HDF5 builds the shard here,
+    then write_shard stores it with one plain write.  Writes never fail (short of a
+    MemoryError), so HDF5 never sees a failed write.  The array is reused from shard to
+    shard; a gap HDF5 seeks over is zeroed, so a file holds no bytes of an earlier one."""
+
+    def __init__(self, buffer: np.ndarray, capacity: int):
+        self.buffer, self.pos, self.size = buffer, 0, 0
+        self._reserve(capacity)
+
+    def _reserve(self, end):
+        """Grow the array to hold `end` bytes: a new array (never resized in place, so a
+        view still held elsewhere, say by an exception's traceback, stays valid)."""
+        if end > len(self.buffer):
+            bigger = np.empty(max(end, len(self.buffer) * 3 // 2), np.uint8)
+            bigger[:self.size] = self.buffer[:self.size]
+            self.buffer = bigger
+
+    def seek(self, offset, whence=0):
+        self.pos = offset + (0, self.pos, self.size)[whence]
+        return self.pos
+
+    def tell(self):
+        return self.pos
+
+    def truncate(self, size=None):
+        size = self.pos if size is None else size
+        self._reserve(size)
+        self.buffer[self.size:size] = 0
+        self.size = size
+        return size
+
+    def write(self, data):
+        data = np.frombuffer(data, np.uint8)
+        if self.pos > self.size:
+            self.truncate(self.pos)
+        end = self.pos + len(data)
+        self._reserve(end)
+        self.buffer[self.pos:end] = data
+        self.pos, self.size = end, max(self.size, end)
+        return len(data)
+
+    def read(self, n=-1):
+        end = self.size if n is None or n < 0 else min(self.size, self.pos + n)
+        data = self.buffer[self.pos:end].tobytes()
+        self.pos += len(data)
+        return data
+
+    def flush(self):
+        pass
+
+
+# The array of the last _MemoryFile, per thread: a fresh 40 MB array per shard would take
+# its page faults again each time (~0.3 ms per 256 px image).
+_SPARE = threading.local()
+
+
 def write_shard(path, arrays: dict, attrs: dict, compression="lzf") -> None:
     """Atomically write `arrays` (first axis = image) and `attrs` to an HDF5 file.
 
     compression: a key of COMPRESSION (None / "none" = stored as is).  The file is built
-    in memory and written with plain file I/O: a full disk or a read-only folder is then
-    an ordinary OSError naming `path`.  (HDF5 writing to disk itself, or through a Python
-    file object, leaves the library in a state that crashes the process after a failed
-    write: tests/test_faults.py.  Building in memory costs one extra copy, ~0.4 ms per
-    256 px image.)
+    in memory (_MemoryFile) and written with one plain file write: a full disk or a
+    read-only folder is then an ordinary OSError naming `path`.  (HDF5 writing to disk
+    itself, or through a file object that fails, leaves the library in a state that
+    crashes the process after a failed write: tests/test_faults.py.)
     """
     if compression not in COMPRESSION:
         raise ValueError(f"unknown compression {compression!r}; choose one of "
                          f"{sorted(k for k in COMPRESSION if k)}")
-    # The in-memory file grows in block_size steps, each a realloc + copy: one block
-    # for the whole shard avoids copying a 40 MB shard ~10 times.
     size = sum(v.nbytes for v in arrays.values() if isinstance(v, np.ndarray))
-    block = max(1 << 20, size + (1 << 20))
+    image = _MemoryFile(getattr(_SPARE, "buffer", np.empty(0, np.uint8)), size + (1 << 20))
     with atomic_path(path) as tmp:
-        with h5py.File(tmp.name, "w", driver="core", backing_store=False, block_size=block) as f:
+        with h5py.File(image, "w") as f:
             for name, value in arrays.items():
-                value = np.asarray(value) if not isinstance(value, list) else value
-                if isinstance(value, list) or value.dtype.kind in "OUS":
-                    f.create_dataset(name, data=np.asarray(value, dtype=object), dtype=_STR)
-                    continue
-                if value.shape[0] == 0 or value.ndim == 1:
-                    f.create_dataset(name, data=value)
-                    continue
-                # rows of a few numbers (sizes) are not worth a filter (szip refuses them)
-                filters = COMPRESSION[compression] if np.prod(value.shape[1:]) >= 64 else {}
-                f.create_dataset(name, data=value, chunks=(1,) + value.shape[1:],
-                                 fletcher32=True, **filters)
+                _create_dataset(f, name, value, compression)
             for key, value in attrs.items():
                 f.attrs[key] = _as_attr(value)
-            f.flush()
-            image = f.id.get_file_image()
+        _SPARE.buffer = image.buffer
         with open(tmp, "wb") as out:
-            out.write(image)
+            out.write(image.buffer[:image.size])
+
+
+def _create_dataset(f, name, value, compression):
+    value = np.asarray(value) if not isinstance(value, list) else value
+    if isinstance(value, list) or value.dtype.kind in "OUS":
+        f.create_dataset(name, data=np.asarray(value, dtype=object), dtype=_STR)
+    elif value.shape[0] == 0 or value.ndim == 1:
+        f.create_dataset(name, data=value)
+    else:
+        # rows of a few numbers (sizes) are not worth a filter (szip refuses them)
+        filters = COMPRESSION[compression] if np.prod(value.shape[1:]) >= 64 else {}
+        f.create_dataset(name, data=value, chunks=(1,) + value.shape[1:],
+                         fletcher32=True, **filters)
 
 
 def read_attrs(path) -> dict:

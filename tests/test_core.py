@@ -178,3 +178,73 @@ def test_unknown_compression_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown compression 'zstd'"):
         write_shard(tmp_path / "x.h5", {"L": np.zeros((1, 8, 8), np.int16)}, {}, compression="zstd")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_lab_planes_work_arrays_are_reused_but_never_returned_or_shared():
+    rng = np.random.default_rng(10)
+    images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in
+              [(48, 48, 3), (48, 48, 3), (2, 16, 20, 3), (48, 48, 3)]]
+    expected = [rgb_to_lab(x) for x in images]
+    results = [lab_planes(x) for x in images]                      # alternating sizes
+    for x, (L, ab), ref in zip(images, results, expected):         # earlier results untouched
+        np.testing.assert_array_equal(np.stack([L, ab[0], ab[1]], -1), ref)
+    np.testing.assert_allclose(expected[0], rgb2lab(images[0]), atol=2e-3)
+
+    import threading                                               # work arrays are per thread
+    failures = []
+    pair = [rng.integers(0, 256, (256, 256, 3), dtype=np.uint8) for _ in range(2)]
+
+    def convert(x, ref):
+        for _ in range(40):
+            L, ab = lab_planes(x)
+            if not np.array_equal(np.stack([L, ab[0], ab[1]], -1), ref):
+                failures.append(1)
+    threads = [threading.Thread(target=convert, args=(x, rgb_to_lab(x))) for x in pair]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
+
+
+def test_shard_bytes_do_not_depend_on_what_the_reused_buffer_held(tmp_path):
+    import pipeline.shards
+    arrays = {"L": np.arange(4 * 32 * 32, dtype=np.int16).reshape(4, 32, 32), "paths": list("abcd"),
+              "sizes": np.ones((4, 2), np.int32)}
+    pipeline.shards._SPARE.buffer = np.empty(0, np.uint8)
+    write_shard(tmp_path / "fresh.h5", arrays, {"n_images": 4}, compression=None)
+    pipeline.shards._SPARE.buffer = np.full(1 << 22, 0xAB, np.uint8)   # a bigger shard's leftovers
+    write_shard(tmp_path / "reused.h5", arrays, {"n_images": 4}, compression=None)
+    assert (tmp_path / "fresh.h5").read_bytes() == (tmp_path / "reused.h5").read_bytes()
+
+
+def test_a_failed_shard_write_does_not_break_the_next_one(tmp_path, monkeypatch):
+    """The failing writer keeps a view of the in-memory file (as an exception's traceback
+    can); the next, larger shard must still be written and read back."""
+    import errno
+
+    import pipeline.shards
+    kept = []
+
+    class Full:
+        def __init__(self, path, mode):
+            self.f = open(path, mode)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            kept.append(data)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    small = {"L": np.ones((2, 16, 16), np.int16)}
+    monkeypatch.setattr(pipeline.shards, "open", Full, raising=False)
+    with pytest.raises(OSError, match="cannot write .*a.h5: No space left"):
+        write_shard(tmp_path / "a.h5", small, {}, compression=None)
+    monkeypatch.undo()
+    big = {"L": np.arange(8 * 512 * 512, dtype=np.int16).reshape(8, 512, 512) % 1000}
+    write_shard(tmp_path / "b.h5", big, {"n_images": 8}, compression=None)
+    np.testing.assert_array_equal(read_array(tmp_path / "b.h5", "L"), big["L"])
+    assert kept and sorted(p.name for p in tmp_path.iterdir()) == ["b.h5"]
