@@ -6,7 +6,10 @@ train/ and inference/.
 Every output path carries its task's signature (Stage.sig): a hash of the task
 class's version, its output-affecting parameters and the signatures of every
 task it requires, so a rerun runs exactly the stale stages, and label shards are
-shared by every experiment with the same label settings.  The dataset's location
+shared by every experiment with the same label settings.  The one exception is the
+GMM, signed by the images it samples (FitGMM), so that a new image outside its sample
+rebuilds no label shard.  Shards reach Luigi in batches (ShardBatch): its scheduler
+does work in proportion to the task count for every task it hands out.  The dataset's location
 is not part of any signature: shard signatures cover the files' relative paths
 and fingerprints (pipeline/plan.py), so a moved dataset rebuilds nothing.
 Machine settings come from luigi.cfg's [colorize] section.  Importing this module
@@ -30,14 +33,14 @@ from pipeline.config import resolve_config
 from pipeline.fingerprint import MODES as FINGERPRINT_MODES
 from pipeline.gmm import fit_gmm, load_gmm, save_gmm, uniform_grid
 from pipeline.luigi_params import ConfigNumberParameter, OverridesParameter
-from pipeline.plan import plan_shards
+from pipeline.plan import batch_plans, plan_shards, sample_files
 from pipeline.preprocess import build_label_shard, build_lab_shard, gmm_features, mean_lightness
 from pipeline.prior import cluster_prior, rebalance_weights
 from pipeline.progress import Progress
 from pipeline.run_inputs import RunInputs
 from pipeline.samples import materialise_samples
 from pipeline.shards import COMPRESSION, read_attrs
-from pipeline.signature import signature
+from pipeline.signature import hash_strings, signature
 from pipeline.splits import list_nonempty_split
 
 log = logging.getLogger("luigi-interface")
@@ -59,16 +62,33 @@ class colorize(luigi.Config):
                                                     "(README 'Stale-only reruns')")
 
 
-def work_dir() -> Path:
-    return Path(colorize().work_dir)
+def once(method):
+    """Memoise a method without arguments on its task instance.  Luigi shares task
+    instances within a process, and the graph walks (scheduling, deep complete(), sig())
+    ask the same task for the same thing many times; each answer is fixed for its parameters."""
+    key = f"_once_{method.__name__}"
+
+    @functools.wraps(method)
+    def memoised(self):
+        if key not in self.__dict__:
+            self.__dict__[key] = method(self)
+        return self.__dict__[key]
+    return memoised
+
+
+_CLEARED = set()     # output folders cleared of stale temporaries by this process
 
 
 @luigi.Task.event_handler(luigi.Event.START)
 def _remove_stale_temporaries(task):
-    """Before any task writes, clear temporaries that killed writers left beside its outputs."""
-    for target in luigi.task.flatten(task.output()):
-        if isinstance(target, luigi.LocalTarget):
-            remove_stale_temporaries(Path(target.path).parent)
+    """Before any task writes, clear temporaries that killed writers left beside its outputs.
+    Once per folder and process: a shard folder holds thousands of files, and listing it for
+    every task cost ~35 ms a task here; a writer that dies later leaves its temporary to the
+    next run (it is never read)."""
+    folders = {Path(t.path).parent for t in luigi.task.flatten(task.output()) if isinstance(t, luigi.LocalTarget)}
+    for folder in folders - _CLEARED:
+        remove_stale_temporaries(folder)
+        _CLEARED.add(folder)
 
 
 # ---------------------------------------------------------------- the signature of every stage
@@ -79,8 +99,8 @@ class Stage(luigi.Task):
     complete(): the output exists AND every required task is complete, recursively, so
     deleting any artifact at any depth (a Lab shard below a manifest below a GMM) reruns
     exactly what rebuilds it; a task instance remembers being found complete (Luigi shares
-    instances within a process), so the walk visits each task once.  Final products (a trained run) override this: once done, they
-    no longer need their inputs."""
+    instances within a process), so the walk visits each task once.  Final products (a
+    trained run) and the GMM override this: once written, they no longer need their inputs."""
     version = 1              # bump when the class's code changes what it writes
     not_in_sig = ("dataset",)   # the dataset's location: the shard signatures cover its files
 
@@ -101,12 +121,24 @@ class Stage(luigi.Task):
         return {name: p.serialize(getattr(self, name)) for name, p in self.get_params()
                 if p.significant and name not in self.not_in_sig}
 
+    def sig_inputs(self) -> list:
+        """What the inputs contribute to sig(): the signatures of every required task (of
+        each shard, for a batch of shards: how shards are batched changes no signature)."""
+        return [s for t in luigi.task.flatten(self.requires())
+                for s in (t.shard_sigs() if isinstance(t, ShardBatch) else [t.sig()])]
+
+    @once
     def sig(self) -> str:
-        if "_sig" not in self.__dict__:
-            inputs = [t.sig() for t in luigi.task.flatten(self.requires())]
-            self.__dict__["_sig"] = signature(self.get_task_family(), version=self.version,
-                                              params=self.sig_params(), inputs=inputs)
-        return self.__dict__["_sig"]
+        return signature(self.get_task_family(), version=self.version, params=self.sig_params(),
+                         inputs=self.sig_inputs())
+
+    @cached_property
+    def settings(self) -> colorize:
+        """[colorize] settings, read once per task instance (each read parses the config, ~0.5 ms)."""
+        return colorize()
+
+    def work_dir(self) -> Path:
+        return Path(self.settings.work_dir)
 
     def complete(self):
         if not self.__dict__.get("_complete"):
@@ -120,11 +152,14 @@ class Stage(luigi.Task):
         return cls(**{k: cfg[k] for k in cls.get_param_names() if k in cfg and k not in given}, **given)
 
     def progress_callback(self, desc):
+        """on_item(i, n): i of n items done (i may advance by more than one)."""
         bar = Progress(None, desc)     # started now, so the first rate is right
+        step = [0]                     # the last twentieth reported to Luigi
 
         def on_item(i, n):
-            bar.update(1, total=n)
-            if i == n or i % max(1, n // 20) == 0:
+            bar.update(i - bar.done, total=n)
+            if i == n or 20 * i // max(n, 1) != step[0]:
+                step[0] = 20 * i // max(n, 1)
                 self.set_progress_percentage(round(100 * i / max(n, 1)))
                 self.set_status_message(f"{desc}: {i}/{n}")
         return on_item
@@ -136,26 +171,86 @@ class LabParams(Stage):
     im_size = luigi.IntParameter(default=256, description="network input side, pixels")
 
     def root(self) -> Path:
-        return Path(self.dataset or colorize().dataset).resolve()
+        return Path(self.dataset or self.settings.dataset).resolve()
+
+    def out_dir(self, folder: str) -> Path:
+        return self.work_dir() / folder / f"s{self.im_size}"
 
     def out(self, folder: str, name: str) -> luigi.LocalTarget:
-        return luigi.LocalTarget(work_dir() / folder / f"s{self.im_size}" / name)
+        return luigi.LocalTarget(self.out_dir(folder) / name)
 
 
-class LabShard(LabParams):
-    """Reads the shard's source images; writes lab/s<size>/<sig>.h5
-    (L, ab, paths, sizes, fingerprints; skipped files with reasons in attrs)."""
-    version = 4              # 4: JPEG draft down to 2x the target only, crop centred on the exact extent
-    shard = luigi.Parameter(description="signature of the shard's files (from the split plan)")
-    files = luigi.ListParameter(significant=False, visibility=ParameterVisibility.PRIVATE)
+# Shards per split and stage are handed to Luigi in at most this many tasks.  Its scheduler
+# walks every task of a worker for each task it hands out (get_work, count_pending), so
+# scheduling grows faster than the task count: with a task per shard, 30 s outside the tasks
+# for 2,007 tasks, 83 s for 4,007 (bench/many_tasks.py).  128 bounds a build at ~520 tasks
+# whatever the dataset's size, and leaves ImageNet 128 tasks of ~40 shards per stage, enough
+# for many workers; a dataset of up to 128 shards per split still gets a task per shard.
+MAX_SHARD_TASKS = 128
 
+
+class ShardBatch(Stage):
+    """Base of the per-shard stages (mixed with LabParams): one Luigi task builds a batch of shards.
+
+    Each shard's output is named by its own signature, the rule of Stage.sig applied to
+    that shard alone (the stage's parameters with `shard` for the batch, and the matching
+    shard's signature of a required batch), so a shard's name does not depend on which
+    batch holds it.  complete() once every shard's output exists (and, as every Stage,
+    what it requires is complete); run() builds the shards whose output is missing."""
+    batch = luigi.Parameter(description="signature of the batch's shard list")
+    shards = luigi.ListParameter(significant=False, visibility=ParameterVisibility.PRIVATE,
+                                 description="signatures of the shards' files (from the split plan)")
+    files = luigi.ListParameter(significant=False, visibility=ParameterVisibility.PRIVATE,
+                                description="each shard's relative paths")
+
+    @classmethod
+    def of(cls, parent, plans):
+        """The batch of ShardPlans `plans`, with the parameters `parent` shares."""
+        return parent.clone(cls, batch=hash_strings(p.sig for p in plans),
+                            shards=[p.sig for p in plans], files=[p.files for p in plans])
+
+    @once
+    def shard_sigs(self) -> list:
+        """The signature of each shard, in batch order."""
+        params = {k: v for k, v in self.sig_params().items() if k != "batch"}
+        inputs = [t.shard_sigs() if isinstance(t, ShardBatch) else [t.sig()] * len(self.shards)
+                  for t in luigi.task.flatten(self.requires())]
+        return [signature(self.get_task_family(), version=self.version, params={**params, "shard": shard},
+                          inputs=[sigs[i] for sigs in inputs]) for i, shard in enumerate(self.shards)]
+
+    def shard_folder(self) -> str:
+        """Where the shards go: work_dir/<this>/s<size>/."""
+        raise NotImplementedError
+
+    @once
     def output(self):
-        return self.out("lab", f"{self.sig()}.h5")
+        folder = self.out_dir(self.shard_folder())
+        return [luigi.LocalTarget(folder / f"{sig}.h5") for sig in self.shard_sigs()]
 
     def run(self):
-        build_lab_shard(self.root(), list(self.files), self.im_size, self.output().path, sig=self.sig(),
-                        on_image=self.progress_callback(f"lab {self.shard}"),
-                        compression=colorize().lab_compression, fingerprint=colorize().fingerprint)
+        todo = [i for i, target in enumerate(self.output()) if not target.exists()]
+        progress = self.progress_callback(f"{self.get_task_family()} {self.batch}")
+        total, done = sum(len(self.files[i]) for i in todo), 0
+        for i in todo:
+            self.build_shard(i, self.output()[i].path, lambda j, n, base=done: progress(base + j, total))
+            done += len(self.files[i])
+
+    def build_shard(self, i: int, path: str, on_image) -> None:
+        raise NotImplementedError
+
+
+class LabShard(ShardBatch, LabParams):
+    """Reads each shard's source images; writes lab/s<size>/<shard sig>.h5 per shard
+    (L, ab, paths, sizes, fingerprints; skipped files with reasons in attrs)."""
+    version = 4              # 4: JPEG draft down to 2x the target only, crop centred on the exact extent
+
+    def shard_folder(self) -> str:
+        return "lab"
+
+    def build_shard(self, i, path, on_image):
+        build_lab_shard(self.root(), list(self.files[i]), self.im_size, path, sig=self.shard_sigs()[i],
+                        on_image=on_image, compression=self.settings.lab_compression,
+                        fingerprint=self.settings.fingerprint)
 
 
 class LabSplit(LabParams):
@@ -167,16 +262,25 @@ class LabSplit(LabParams):
     @cached_property
     def plans(self):
         return plan_shards(self.root(), list_nonempty_split(self.root(), self.split), self.shard_size, self.im_size,
-                           fingerprint=colorize().fingerprint, cache_dir=work_dir() / "cache" / "fingerprints")
+                           fingerprint=self.settings.fingerprint,
+                           cache_dir=self.work_dir() / "cache" / "fingerprints")
+
+    @cached_property
+    def batches(self) -> list:
+        return [LabShard.of(self, plans) for plans in batch_plans(self.plans, MAX_SHARD_TASKS)]
 
     def requires(self):
-        return [self.clone(LabShard, shard=p.sig, files=p.files) for p in self.plans]
+        return self.batches
+
+    def shard_paths(self) -> list:
+        """Every Lab shard of the split, in plan order."""
+        return [t.path for batch in self.batches for t in batch.output()]
 
     def output(self):
         return self.out("lab", f"{self.split}-{self.sig()}.json")
 
     def run(self):
-        manifest = summarise_split(self.root(), self.split, [t.path for t in self.input()])
+        manifest = summarise_split(self.root(), self.split, self.shard_paths())
         write_text_atomic(self.output().path, json.dumps(manifest, indent=1))
         reasons = ", ".join(f"{k} {v}" for k, v in manifest["skip_reasons"].items()) or "none"
         log.info("[lab] %s/%s: %d images in %d shards, %d skipped (%s)", self.root().name, self.split,
@@ -210,7 +314,7 @@ class MeanLightness(LabParams):
 
     def run(self):
         write_text_atomic(self.output().path, json.dumps({"mean_L": mean_lightness(
-            [t.path for t in self.requires().input()], self.mean_pixels)}))
+            self.requires().shard_paths(), self.mean_pixels)}))
 
 
 class GMMParams(LabParams):
@@ -228,17 +332,54 @@ class GMMParams(LabParams):
 
 
 class FitGMM(GMMParams):
-    """Reads pixels sampled from the train split's Lab shards (soft binning only);
-    writes gmm/s<size>/<binning>-k<K>-<sig>.npz (plain arrays, no pickle)."""
+    """Reads pixels of a sample of the train split's images from their Lab shards (soft
+    binning only); writes gmm/s<size>/<binning>-k<K>-<sig>.npz (plain arrays, no pickle).
+
+    Early cutoff: the sample is the gmm_images listed files of smallest pipeline.plan.sample_key
+    (a hash of the relative path), and the fit depends on those images alone
+    (preprocess.gmm_features), so the GMM is signed by them -- their paths and fingerprints,
+    the Lab conversion's version, the GMM parameters -- instead of by every Lab shard.  A new
+    or changed image outside the sample then leaves the GMM's signature, its file, the label
+    folder and every other label shard as they are.  For the same reason a fitted GMM is
+    complete while its file exists: a Lab shard rebuilt for another image does not refit it."""
     version = 2              # 2: the uniform grid as the original's (gray is a centre)
+    not_in_sig = ("dataset", "shard_size", "train_split")   # the sample's identity covers what they chose
 
     def sig_params(self) -> dict:
         if self.binning == "uniform":     # a fixed grid: nothing but K matters
             return {"binning": "uniform", "n_clusters": self.n_clusters}
         return super().sig_params()
 
+    def sig_inputs(self) -> list:
+        if self.binning == "uniform":
+            return []
+        files = hash_strings(f"{rp}\t{fp}" for rp, fp, _ in self.sample)
+        return [signature("GMM sample", lab_version=LabShard.version, files=files)]
+
+    @cached_property
+    def lab_split(self):
+        return self.clone(LabSplit, split=self.train_split)
+
+    @cached_property
+    def sample(self) -> list:
+        """[(relpath, fingerprint, plan index)] of the sampled images (pipeline.plan.sample_files)."""
+        return sample_files(self.lab_split.plans, self.gmm_images, self.gmm_seed)
+
+    @once
     def requires(self):
-        return self.clone(LabSplit, split=self.train_split) if self.binning == "soft" else []
+        """The Lab shard batches that hold the sample."""
+        if self.binning == "uniform":
+            return []
+        wanted = {i for _, _, i in self.sample}
+        batches, first = [], 0
+        for batch in self.lab_split.batches:
+            if any(first + j in wanted for j in range(len(batch.shards))):
+                batches.append(batch)
+            first += len(batch.shards)
+        return batches
+
+    def complete(self):
+        return self.output().exists()
 
     def output(self):
         return self.out("gmm", f"{self.binning}-k{self.n_clusters}-{self.sig()}.npz")
@@ -247,8 +388,10 @@ class FitGMM(GMMParams):
         if self.binning == "uniform":
             gmm = uniform_grid(self.n_clusters)
         else:
-            paths = [t.path for t in self.requires().input()]
-            features = gmm_features(paths, self.gmm_images, self.gmm_pixels, self.gmm_pixels_few, self.gmm_seed)
+            paths = self.lab_split.shard_paths()
+            shards = sorted({i for _, _, i in self.sample})
+            features = gmm_features([paths[i] for i in shards], self.gmm_images, self.gmm_pixels,
+                                    self.gmm_pixels_few, self.gmm_seed, only={rp for rp, _, _ in self.sample})
             self.set_status_message(f"fitting {self.n_clusters} components on {len(features)} pixels")
             gmm = fit_gmm(features, self.n_clusters, self.gmm_seed)
         save_gmm(self.output().path, gmm, signature=self.sig())
@@ -259,40 +402,45 @@ class LabelParams(GMMParams):
     img_lowpass = luigi.IntParameter(default=8, description="f: blur sigma and downscale factor")
 
     def label_dir(self) -> str:
-        """labels/s<size>/<binning>-k<K>-lp<f>-g<gmm sig>: one folder per label setting."""
+        """labels/<binning>-k<K>-lp<f>-g<gmm sig>: one folder per label setting (then s<size>/)."""
         return f"labels/{self.binning}-k{self.n_clusters}-lp{self.img_lowpass}-g{self.gmm_task().sig()}"
 
 
-class LabelShard(LabelParams):
-    """Reads one Lab shard and the GMM; writes labels/s<size>/<setting>/<sig>.h5
-    (posteriors (N, K, S/f, S/f) float16, aligned 1:1 with the Lab shard)."""
-    shard = luigi.Parameter()
-    files = luigi.ListParameter(significant=False, visibility=ParameterVisibility.PRIVATE)
+class LabelShard(ShardBatch, LabelParams):
+    """Reads each shard's Lab shard and the GMM; writes labels/<setting>/s<size>/<shard sig>.h5
+    per shard (posteriors (N, K, S/f, S/f) float16, aligned 1:1 with the Lab shard)."""
 
+    @once
     def requires(self):
         return {"lab": self.clone(LabShard), "gmm": self.gmm_task()}
 
-    def output(self):
-        return self.out(self.label_dir(), f"{self.sig()}.h5")
+    def shard_folder(self) -> str:
+        return self.label_dir()
 
-    def run(self):
-        gmm = load_gmm(self.input()["gmm"].path)
-        build_label_shard(self.input()["lab"].path, gmm, self.img_lowpass, self.output().path,
-                          sig=self.sig(), on_image=self.progress_callback(f"labels {self.shard}"))
+    @cached_property
+    def gmm(self) -> dict:
+        return load_gmm(self.input()["gmm"].path)
+
+    def build_shard(self, i, path, on_image):
+        build_label_shard(self.input()["lab"][i].path, self.gmm, self.img_lowpass, path,
+                          sig=self.shard_sigs()[i], on_image=on_image)
 
 
 class LabelSplit(LabelParams):
     """Reads a split's Lab manifest and label shards; writes
-    labels/s<size>/<setting>/<split>-<sig>.json listing the (Lab shard, label shard) pairs."""
+    labels/<setting>/s<size>/<split>-<sig>.json listing the (Lab shard, label shard) pairs."""
     split = luigi.Parameter(default="train")
 
+    @once
     def requires(self):
         lab = self.clone(LabSplit)
-        return {"lab": lab, "labels": [self.clone(LabelShard, shard=t.shard, files=t.files) for t in lab.requires()]}
+        return {"lab": lab, "labels": [self.clone(LabelShard, batch=t.batch, shards=t.shards, files=t.files)
+                                       for t in lab.batches]}
 
     def pairs(self):
         """[(lab shard path, label shard path)] of the split, in plan order."""
-        return [(t.requires()["lab"].output().path, t.output().path) for t in self.requires()["labels"]]
+        return [(lab.path, label.path) for t in self.requires()["labels"]
+                for lab, label in zip(t.requires()["lab"].output(), t.output())]
 
     def output(self):
         return self.out(self.label_dir(), f"{self.split}-{self.sig()}.json")
@@ -307,7 +455,7 @@ class LabelSplit(LabelParams):
 
 class ClassPrior(LabelParams):
     """Reads a split's label shards (the train split's: the rebalancing prior); writes
-    labels/s<size>/<setting>/prior-<split>-<sig>.json: the empirical prior of the argmax
+    labels/<setting>/s<size>/prior-<split>-<sig>.json: the empirical prior of the argmax
     clusters (pipeline/prior.py)."""
     split = luigi.Parameter(default="train")
 
@@ -408,7 +556,7 @@ class TrainRun(ConfigTask):
         return reqs
 
     def run_dir(self) -> Path:
-        return work_dir() / "runs" / f"{self.arch}-c{self.config}-{self.sig()}"
+        return self.work_dir() / "runs" / f"{self.arch}-c{self.config}-{self.sig()}"
 
     def output(self):
         return {"done": luigi.LocalTarget(self.run_dir() / "done.json"),

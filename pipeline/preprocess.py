@@ -3,6 +3,7 @@
 Each function reads and writes plain files so it can be tested without Luigi;
 `on_image(i, n)` callbacks let the task report progress.
 """
+import heapq
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from .color import ab_to_hue_chroma, lab_planes
 from .fingerprint import check_mode, file_fingerprint
 from .images import SkipImage, load_rgb_with_size
 from .labels import target_posteriors
+from .plan import sample_key
 from .shards import LAB_SCALE, decode_lab, read_array, read_attrs, read_rows, write_shard
 
 # Images per posterior computation: bounds memory at ~10 MB for 256 px.  64 (~40 MB) took
@@ -91,13 +93,41 @@ def sample_pixels(shard_paths, counts, name: str, n_images: int, per_image: int,
     return np.concatenate(out)
 
 
-def gmm_features(shard_paths, n_images: int, per_image: int, per_image_few: int, seed: int):
+def gmm_features(shard_paths, n_images: int, per_image: int, per_image_few: int, seed: int, only=None):
     """(P, 2) hue/chroma features sampled as the original did: n_images x per_image
-    pixels, or per_image_few pixels per image when fewer than 100 images exist."""
-    counts = _image_counts(shard_paths)
-    per = per_image_few if sum(counts) < 100 else per_image
-    ab = sample_pixels(shard_paths, counts, "ab", n_images, per, seed)
+    pixels, or per_image_few pixels per image when fewer than 100 images are sampled.
+
+    The result depends on the sampled images alone, so a GMM refit on a grown dataset
+    is the same fit unless the sample changed: the images are the n_images of smallest
+    pipeline.plan.sample_key among those in the shards (and in the set `only`, if given:
+    FitGMM passes the sample it signed), each image's pixels come from a generator seeded
+    by its key, and features are in key order.
+    """
+    chosen = heapq.nsmallest(n_images, _sample_candidates(shard_paths, seed, only))   # (key, shard, row)
+    per = per_image_few if len(chosen) < 100 else per_image
+    rows = {}
+    for key, s, row in chosen:
+        rows.setdefault(s, []).append((row, key))
+    pixels = {}                                                    # key -> (per, 2) ab
+    for s, items in rows.items():
+        images = read_rows(shard_paths[s], "ab", [row for row, _ in items])   # each shard opened once
+        for (_, key), img in zip(items, images):
+            ab = decode_lab(img).reshape(2, -1)                    # (2, S*S)
+            pick = np.random.default_rng([seed, key]).choice(ab.shape[1], size=min(per, ab.shape[1]),
+                                                             replace=False)
+            pixels[key] = ab[:, pick].T
+    if not pixels:
+        raise ValueError("no images to sample pixels from: every training image was skipped")
+    ab = np.concatenate([pixels[key] for key, _, _ in chosen])
     return ab_to_hue_chroma(ab[:, 0], ab[:, 1])
+
+
+def _sample_candidates(shard_paths, seed: int, only):
+    """(sample_key, shard index, row) of every image in the shards (only those in `only`, if given)."""
+    for s, path in enumerate(shard_paths):
+        for row, rp in enumerate(read_array(path, "paths")):
+            if only is None or rp in only:
+                yield sample_key(str(rp), seed), s, row
 
 
 def mean_lightness(shard_paths, n_pixels: int, seed: int = 0) -> float:

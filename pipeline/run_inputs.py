@@ -5,6 +5,7 @@ reads nothing else, so `torchrun -m train.distributed --run-dir RUN` trains on
 exactly what the Luigi task would, without knowing about Luigi.
 """
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,8 +40,15 @@ class RunInputs:
         return as_gmm(self.gmm, "run inputs")
 
     def save(self, run_dir) -> Path:
+        """Write <run_dir>/inputs.json, with every path made absolute (a work_dir given
+        relative to the Luigi process's folder must not depend on where training starts)."""
+        record = asdict(self)
+        for split in ("train", "val"):
+            record[split] = [[os.path.abspath(p) for p in pair] for pair in record[split]]
+        if record["init_checkpoint"]:
+            record["init_checkpoint"] = os.path.abspath(record["init_checkpoint"])
         path = Path(run_dir) / INPUTS_FILE
-        write_text_atomic(path, json.dumps(asdict(self), indent=1) + "\n")
+        write_text_atomic(path, json.dumps(record, indent=1) + "\n")
         return path
 
     @classmethod

@@ -47,16 +47,17 @@ def victim_task(kind, root):
 
 
 # The families that rerun: the victim's and those of every task above it.  The train split
-# feeds the GMM and the mean lightness, and every label shard reads the GMM.
+# feeds the mean lightness, and every label shard reads the GMM.  A written GMM is complete
+# while its file exists (it is signed by the images it samples: early cutoff), so nothing
+# below it makes it rerun.
 RERUN = {
-    "train Lab shard": {"LabShard", "LabSplit", "MeanLightness", "FitGMM", "LabelShard", "LabelSplit",
+    "train Lab shard": {"LabShard", "LabSplit", "MeanLightness", "LabelShard", "LabelSplit",
                         "ClassPrior", "PrepareRun"},
     "val Lab shard": {"LabShard", "LabSplit", "LabelShard", "LabelSplit", "PrepareRun"},
     "label shard": {"LabelShard", "LabelSplit", "ClassPrior", "PrepareRun"},
     "GMM": {"FitGMM", "LabelShard", "LabelSplit", "ClassPrior", "PrepareRun"},
     "mean-L file": {"MeanLightness", "PrepareRun"},
-    "Lab manifest": {"LabSplit", "MeanLightness", "FitGMM", "LabelShard", "LabelSplit", "ClassPrior",
-                     "PrepareRun"},
+    "Lab manifest": {"LabSplit", "MeanLightness", "LabelSplit", "ClassPrior", "PrepareRun"},
     "label manifest": {"LabelSplit", "PrepareRun"},
     "class prior": {"ClassPrior", "PrepareRun"},
     "run inputs": {"PrepareRun"},
@@ -64,12 +65,15 @@ RERUN = {
 
 
 def above(victim, root):
-    """task_ids of `victim` and of every task that requires it, directly or not (from requires())."""
+    """task_ids of `victim` and of every task that requires it, directly or not (from requires()),
+    through deep complete()s only: a task complete while its own file exists (the GMM) hides
+    what it requires."""
     below = {}
 
     def walk(task):
         if task.task_id not in below:
-            deps = luigi.task.flatten(task.requires())
+            deep = type(task).complete is tasks.Stage.complete
+            deps = luigi.task.flatten(task.requires()) if deep else []
             below[task.task_id] = set().union(*[{d.task_id} | walk(d) for d in deps]) if deps else set()
         return below[task.task_id]
     walk(root)
@@ -101,7 +105,7 @@ def deleted(finished, work, ran):
     def delete(kind):
         luigi.task_register.Register.clear_instance_cache()
         victim = victim_task(kind, prepare(dataset))
-        path = Path(victim.output().path)
+        path = Path(luigi.task.flatten(victim.output())[0].path)   # a shard batch: its one shard
         original = path.read_bytes().replace(str(template).encode(), str(work).encode())  # inputs.json
         path.unlink()
         before = files(work)

@@ -183,9 +183,9 @@ def test_a_full_disk_is_a_one_line_error_naming_the_output_and_leaves_no_partial
     task = _lab_shard_task(photo_dataset)
     failures = _build_failures(task)
     assert [t.task_family for t, _ in failures] == ["LabShard"]
-    _assert_one_line_naming(failures[0][1], task.output().path, "No space left on device")
+    _assert_one_line_naming(failures[0][1], task.output()[0].path, "No space left on device")
     assert failures[0][1].errno == errno.ENOSPC
-    folder = Path(task.output().path).parent
+    folder = Path(task.output()[0].path).parent
     assert list(folder.iterdir()) == []                        # no partial file, no temporary
 
 
@@ -229,11 +229,11 @@ def read_only_folder():
 
 def test_a_read_only_output_folder_is_a_one_line_error_naming_the_output(work, photo_dataset, read_only_folder):
     task = _lab_shard_task(photo_dataset)
-    folder = Path(task.output().path).parent
+    folder = Path(task.output()[0].path).parent
     read_only_folder(folder)
     failures = _build_failures(task)
     assert [t.task_family for t, _ in failures] == ["LabShard"]
-    _assert_one_line_naming(failures[0][1], task.output().path, "Permission denied", "Operation not permitted",
+    _assert_one_line_naming(failures[0][1], task.output()[0].path, "Permission denied", "Operation not permitted",
                             "Read-only file system")
     assert list(folder.iterdir()) == []
 
@@ -244,7 +244,7 @@ def test_a_work_dir_that_cannot_be_created_is_a_one_line_error_naming_the_output
     luigi.configuration.get_config().set("colorize", "work_dir", str(blocker / "work"))  # the fixture restores it
     task = _lab_shard_task(photo_dataset)
     failures = _build_failures(task)
-    _assert_one_line_naming(failures[0][1], task.output().path, "Not a directory")
+    _assert_one_line_naming(failures[0][1], task.output()[0].path, "Not a directory")
     assert blocker.read_text() == "a file where a folder should be\n"
 
 
@@ -295,7 +295,7 @@ def test_a_full_disk_writing_a_manifest_leaves_no_partial_manifest(work, photo_d
     import pipeline.run_inputs
     root = tasks.PrepareRun(config=CFG, dataset=str(photo_dataset))
     victims = [("LabSplit", root.requires()["train"].requires()["lab"], tasks),
-               ("LabelSplit", root.requires()["val"], tasks),
+               ("LabelSplit", root.requires()["train"], tasks),    # waits for the train LabSplit
                ("PrepareRun", root, pipeline.run_inputs)]
     for family, task, module in victims:
         path = Path(task.output().path)

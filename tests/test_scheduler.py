@@ -180,7 +180,7 @@ def test_training_resource_name_comes_from_luigi_cfg():
         assert tasks.TrainFCN32s(config=102).process_resources() == {"gpu": 1}
         cfg.set("colorize", "gpu_resource", "gpu_host1")
         assert tasks.TrainFCN16s(config=102).process_resources() == {"gpu_host1": 1}
-        assert tasks.LabShard(shard="x", files=[]).process_resources() == {}
+        assert tasks.LabShard(batch="x", shards=["x"], files=[[]]).process_resources() == {}
     finally:
         if saved is None:
             cfg.remove_option("colorize", "gpu_resource")
