@@ -229,7 +229,7 @@ def test_overfit_run_beats_gray_and_evaluate_is_stale_only(work, photo_dataset, 
     ev = tasks.Evaluate(config=CFG, overrides=over, dataset=str(photo_dataset), arch="fcn32s", gallery=2)
     build(ev)
     assert ran.count("Evaluate") == 1 and ran.count("TrainFCN32s") == 1
-    out, run_dir = ev.out_dir(), ev.requires().run_dir()
+    out, run_dir = ev.out_dir(), ev.requires()["run"].run_dir()
     assert out.parent == run_dir and out.name.startswith("eval-")
     metrics = json.loads((out / "metrics.json").read_text())
     m = metrics["methods"]
@@ -252,3 +252,16 @@ def test_overfit_run_beats_gray_and_evaluate_is_stale_only(work, photo_dataset, 
     ran.clear()
     build(tasks.Evaluate(config=CFG, overrides=over, dataset=str(photo_dataset), arch="fcn32s", gallery=2))
     assert ran.families() == []
+
+
+def test_evaluate_on_another_split_builds_its_labels_with_the_runs_settings(work, photo_dataset):
+    """--split: a held-out split the run never validated on (config 102 validates on 'val';
+    here 'tiny', three training photos) is labelled with the run's label settings and scored."""
+    over = {"max_iteration": 4, "interval_validate": 2}
+    ev = tasks.Evaluate(config=CFG, overrides=over, dataset=str(photo_dataset), arch="fcn32s", split="tiny",
+                        gallery=1)
+    build(ev)
+    metrics = json.loads(Path(ev.output().path).read_text())
+    assert metrics["n_images"] == 3
+    default = tasks.Evaluate(config=CFG, overrides=over, dataset=str(photo_dataset), arch="fcn32s", gallery=1)
+    assert default.out_dir() != ev.out_dir() and default.out_dir().parent == ev.out_dir().parent

@@ -87,3 +87,20 @@ def test_unknown_config_or_key_is_a_one_line_error_listing_valid_ones():
         resolve_config(3)
     with pytest.raises(ConfigError, match="unknown config key.*'lrate'.*valid keys"):
         resolve_config(14, {"lrate": 1})
+
+
+def test_the_demo_ends_with_a_report_a_colorized_held_out_photo_and_commands(work, tmp_path, capsys):
+    """Demo on the bundled photos with the tiny test config: trains, evaluates on the held-out
+    val photos, colorizes one of them and prints where everything is, last."""
+    dest = tmp_path / "samples"
+    build(tasks.Demo(config=CFG, dest=str(dest)))
+    out = capsys.readouterr().out.strip().splitlines()
+    tail = out[out.index("Demo finished."):]
+    report = Path(tail[-4].split("Report:", 1)[1].strip())
+    coloured = Path(tail[-3].split("Colorized:", 1)[1].strip())
+    assert report.name == "report.html" and report.is_file() and report.parent.name.startswith("eval-")
+    assert coloured.is_file() and coloured.parent.name == "demo" and coloured.name == "chelsea.png"
+    assert "colorize-fcn colorize --model " in tail[-2] and tail[-1].startswith("Curves:")
+    assert any(line.strip().startswith("held-out photos: AuC") for line in tail)
+    metrics = json.loads((report.parent / "metrics.json").read_text())
+    assert metrics["n_images"] == 2                          # the val photos (chelsea, coffee)
