@@ -1,5 +1,5 @@
 """Preprocessing at scale: Lab + GMM + label shards through Luigi vs image count and workers,
-shard storage per image, and a plan for ImageNet (README "Scaling").
+shard storage per image, and a plan for ImageNet (docs/scaling.md).
 
 Each measurement runs `PrepareRun` (Lab shards -> FitGMM -> label shards, train and val
 splits) of config 14 (K=16, low-pass 8, shard_size 256; val_split = val) in a fresh

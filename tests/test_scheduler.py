@@ -1,5 +1,5 @@
 """A central scheduler: a real luigid on loopback, and two `luigi` processes that run
-two experiments sharing their label shards at the same time (README "Many workers
+two experiments sharing their label shards at the same time (docs/distributed.md "Many workers
 and machines").  Every shared artifact must be built exactly once, by one of them."""
 import json
 import os
