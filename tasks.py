@@ -690,7 +690,7 @@ def demo_summary(fcn16, evaluation, coloured) -> str:
     metrics = json.loads(Path(evaluation.output().path).read_text())["methods"]
     lines += [f"  held-out photos: AuC {metrics['model/annealed']['auc']:.1f}% (gray baseline "
               f"{metrics['gray']['auc']:.1f}%), mean IoU {metrics['model/annealed']['mean_iou']:.3f}",
-              "  A 7-photo CPU demo gives muted colours; config 14 on a real dataset and a GPU is what "
+              "  A 9-photo CPU demo gives muted colours; config 14 on a real dataset and a GPU is what "
               "the method is for (README 'Experiment configs').",
               f"Report:     {evaluation.out_dir() / 'report.html'}",
               f"Colorized:  {coloured}",

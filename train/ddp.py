@@ -223,3 +223,28 @@ def setup(device="auto"):
 def teardown():
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def from_rank0(value):
+    """Rank 0's `value` on every rank (a pickled broadcast)."""
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def on_rank0(fn, rank, world_size):
+    """fn() run by rank 0 alone; its result, or its error (one line), on every rank."""
+    if world_size == 1:
+        return fn()
+    if rank != 0:
+        kind, value = from_rank0(None)
+        if kind == "error":
+            raise RuntimeError(f"rank 0: {value}")
+        return value
+    try:
+        value = fn()
+    except Exception as e:
+        from_rank0(("error", f"{type(e).__name__}: {e}"))
+        raise
+    from_rank0(("ok", value))
+    return value

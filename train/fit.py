@@ -16,7 +16,7 @@ One writer per run folder, fresh starts start fresh (README "One writer per run 
   - the last two checkpoints are kept (checkpoint.pt, checkpoint.prev.pt); an unreadable
     checkpoint.pt falls back to the previous one (train.checkpoint.latest_checkpoint);
   - a run that starts from iteration 0 first removes what an earlier attempt wrote
-    (EARLIER_ATTEMPT: done.json first, then best.pt, checkpoints, logs, tiles, tb/,
+    (train.runfolder.EARLIER_ATTEMPT: done.json first, then best.pt, checkpoints, logs, tiles, tb/,
     plots and eval-* folders);
   - best.pt deleted while the checkpoint records a best validation: rewritten from the
     checkpoint when that is the best one's, else the best weights are lost and the run
@@ -48,7 +48,6 @@ Run folder:
 """
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,23 +63,16 @@ from pipeline.progress import Progress
 from pipeline.runlock import RunLock
 
 from . import ddp
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .data import ShardDataset, make_loader
 from .loss import kl_loss
 from .metrics import ConfusionMeter
 from .rng import rng_states, seed_everything, set_rng_states
+from .runfolder import start_point
 from .runlog import append_rows, git_info, plain, truncate_log, write_config
 from .visual import plot_curves, save_jpeg, validation_tiles
 
-# cfg keys that may change between a run and its resumption (extend / re-space a run);
-# any other difference means a different experiment and is refused.
-RESUMABLE_CHANGES = ("max_iteration", "interval_validate", "config", "init_config")
 N_VISUAL = 4                  # validation images drawn in each tile image
-# what an earlier attempt of a run wrote, removed when the run starts again from iteration 0;
-# done.json first (see _clear_earlier_attempt); eval-* folders (Evaluate of the old best.pt) too
-EARLIER_ATTEMPT = ("done.json", "best.pt", "checkpoint.pt", "checkpoint.prev.pt", "log.csv", "loss.png",
-                   "iou.png", "tiles", "tb")
-RESUME_ONLY = ("optimizer", "rng", "rng_ranks")   # checkpoint.pt keys that best.pt does not hold
 SCORE_KEYS = ("loss", "acc", "acc_cls", "mean_iu", "fwavacc")
 LOSS_SMOOTHING = 0.98         # the progress line's loss: an exponential moving average (~50 steps)
 
@@ -247,19 +239,6 @@ def initialise_colorizer(colorizer, inputs, log=print):
         log(f"initialised from {path} ({coarse.arch}): {len(copied)} tensors copied")
 
 
-def _check_resume(ckpt, cfg, settings):
-    if ckpt.get("settings") != settings:
-        old = {k: v for k, v in (ckpt.get("settings") or {}).items() if k != "gmm"}
-        raise ValueError(f"checkpoint is for {old}, this run is "
-                         f"{ {k: v for k, v in settings.items() if k != 'gmm'} }: use another run folder")
-    old, new = ckpt.get("cfg", {}), plain(cfg)
-    changed = sorted(k for k in set(old) | set(new)
-                     if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
-    if changed:
-        raise ValueError(f"cannot resume: config keys {changed} differ from the checkpoint's "
-                         f"({ {k: old.get(k) for k in changed} }); use another run folder")
-
-
 def _restore(resume, state, colorizer, optimizer, train_loader, seed, rank, log):
     colorizer.load_state_dict(resume["state_dict"])
     optimizer.load_state_dict(resume["optimizer"])
@@ -281,93 +260,6 @@ def _datasets(inputs, n_classes):
         if ds.n_classes != n_classes:
             raise ValueError(f"{name} label shards have K={ds.n_classes}, the config n_clusters={n_classes}")
     return train_set, val_set
-
-
-# ----------------------------------------------------------------------------- run folder
-def _from_rank0(value):
-    """Rank 0's `value` on every rank (a pickled broadcast)."""
-    box = [value]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _on_rank0(fn, rank, world_size):
-    """fn() run by rank 0 alone; its result, or its error (one line), on every rank."""
-    if world_size == 1:
-        return fn()
-    if rank != 0:
-        kind, value = _from_rank0(None)
-        if kind == "error":
-            raise RuntimeError(f"rank 0: {value}")
-        return value
-    try:
-        value = fn()
-    except Exception as e:
-        _from_rank0(("error", f"{type(e).__name__}: {e}"))
-        raise
-    _from_rank0(("ok", value))
-    return value
-
-
-def _clear_earlier_attempt(run_dir, log):
-    """A run that starts from iteration 0 starts with empty logs: remove what an earlier
-    attempt wrote.  done.json goes first, so a crash half-way leaves a run that is not
-    complete, and has no checkpoint, so its next start clears the rest."""
-    removed = []
-    for path in [run_dir / name for name in EARLIER_ATTEMPT] + sorted(run_dir.glob("eval-*")):
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-            removed.append(path.name + "/")
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-            removed.append(path.name)
-    if removed:
-        log(f"{run_dir} starts from iteration 0: removed {', '.join(removed)} of an earlier attempt")
-
-
-def _rebuild_best(ckpt, source, best_path, log) -> bool:
-    """best.pt is missing although `ckpt` records a best validation: rewrite it from ckpt
-    when ckpt is that validation's checkpoint; False when its weights are lost."""
-    if ckpt["iteration"] != ckpt["best_iteration"]:
-        log(f"{best_path} is missing and no checkpoint holds its weights (iteration "
-            f"{ckpt['best_iteration']}): the best weights are lost, restarting the run from iteration 0")
-        return False
-    save_checkpoint(best_path, {k: v for k, v in ckpt.items() if k not in RESUME_ONLY})
-    log(f"{best_path} was missing; rebuilt from {source.name} (iteration {ckpt['iteration']}, the best)")
-    return True
-
-
-def _read_done(run_dir):
-    try:
-        return json.loads((run_dir / "done.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _start(run_dir, cfg, settings, log):
-    """Rank 0, holding the run folder's lock: where this session starts.  Returns
-    ({"checkpoint": file to resume from or None (iteration 0), "done": the finished
-    result when there is nothing to train, else None}, the checkpoint dict or None)."""
-    ckpt, source = latest_checkpoint(run_dir / "checkpoint.pt", log)
-    best_path = run_dir / "best.pt"
-    if ckpt is not None:
-        _check_resume(ckpt, cfg, settings)
-        complete = ckpt["iteration"] >= int(cfg["max_iteration"])
-        if complete and ckpt["best_iteration"] is None and not best_path.exists():
-            raise ValueError(f"{run_dir} ran {ckpt['iteration']} iterations without a finite validation "
-                             f"loss, so it has no best.pt: this config diverges (try a lower lr)")
-        best_lost = ckpt["best_iteration"] is not None and not best_path.exists() \
-            and not _rebuild_best(ckpt, source, best_path, log)
-        if best_lost:
-            ckpt = None
-        elif complete and _read_done(run_dir) is not None:     # else resumed at the end: writes it
-            return {"checkpoint": None, "done": _read_done(run_dir)}, None
-        elif not complete:
-            (run_dir / "done.json").unlink(missing_ok=True)     # max_iteration raised: not done
-    if ckpt is None:
-        _clear_earlier_attempt(run_dir, log)
-        return {"checkpoint": None, "done": None}, None
-    return {"checkpoint": str(source), "done": None}, ckpt
 
 
 # ----------------------------------------------------------------------------- fit
@@ -396,7 +288,7 @@ def fit(run_dir, inputs, device="auto", loader_workers=0, log=print, on_step=Non
         log = _quiet
     run_dir = Path(run_dir)
     lock = RunLock(run_dir, log=log, hold=rank == 0)
-    lock.acquire(wait, agree=_from_rank0 if world_size > 1 else None)
+    lock.acquire(wait, agree=ddp.from_rank0 if world_size > 1 else None)
     try:
         return _fit_locked(run_dir, inputs, device, loader_workers, log, on_step, stop_after,
                            rank, world_size, sync_bn)
@@ -418,9 +310,9 @@ def _fit_locked(run_dir, inputs, device, loader_workers, log, on_step, stop_afte
     kept = {}                                              # rank 0's checkpoint dict, loaded once
 
     def decide():
-        start, kept["resume"] = _start(run_dir, cfg, settings, log)
+        start, kept["resume"] = start_point(run_dir, cfg, settings, log)
         return start
-    start = _on_rank0(decide, rank, world_size)
+    start = ddp.on_rank0(decide, rank, world_size)
     if start["done"] is not None:
         log(f"{run_dir} is already complete ({start['done'].get('iterations')} iterations): nothing to do")
         return start["done"]
@@ -521,7 +413,7 @@ def _fit_locked(run_dir, inputs, device, loader_workers, log, on_step, stop_afte
                    "elapsed_s": elapsed, "val": dict(rows["valid"])}
         if best:                                      # best.pt first: see the module docstring
             save_checkpoint(best_path, payload)
-        payload.update(optimizer=optimizer.state_dict(), rng=rng)   # RESUME_ONLY keys
+        payload.update(optimizer=optimizer.state_dict(), rng=rng)   # train.runfolder.RESUME_ONLY keys
         if rng_ranks is not None:                     # every rank's RNGs (dropout), rank 0's = rng
             payload["rng_ranks"] = rng_ranks
         save_checkpoint(ckpt_path, payload, keep_previous=True)
