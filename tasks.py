@@ -19,6 +19,7 @@ import functools
 import inspect
 import json
 import logging
+import os
 from collections import Counter
 from functools import cached_property
 from pathlib import Path
@@ -36,7 +37,7 @@ from pipeline.luigi_params import ConfigNumberParameter, OverridesParameter
 from pipeline.plan import batch_plans, plan_shards, sample_files
 from pipeline.preprocess import build_label_shard, build_lab_shard, gmm_features, mean_lightness
 from pipeline.prior import cluster_prior, rebalance_weights
-from pipeline.progress import Progress
+from pipeline.progress import Progress, StageProgress
 from pipeline.run_inputs import RunInputs
 from pipeline.samples import materialise_samples
 from pipeline.shards import COMPRESSION, read_attrs
@@ -202,12 +203,15 @@ class ShardBatch(Stage):
                                  description="signatures of the shards' files (from the split plan)")
     files = luigi.ListParameter(significant=False, visibility=ParameterVisibility.PRIVATE,
                                 description="each shard's relative paths")
+    stage = luigi.DictParameter(default={}, significant=False, visibility=ParameterVisibility.PRIVATE,
+                                description="the split task whose shards this batch is one part of "
+                                            "(family + parameters): the stage's progress line")
 
     @classmethod
     def of(cls, parent, plans):
         """The batch of ShardPlans `plans`, with the parameters `parent` shares."""
-        return parent.clone(cls, batch=hash_strings(p.sig for p in plans),
-                            shards=[p.sig for p in plans], files=[p.files for p in plans])
+        return parent.clone(cls, batch=hash_strings(p.sig for p in plans), shards=[p.sig for p in plans],
+                            files=[p.files for p in plans], stage=stage_of(parent))
 
     @once
     def shard_sigs(self) -> list:
@@ -227,16 +231,35 @@ class ShardBatch(Stage):
         folder = self.out_dir(self.shard_folder())
         return [luigi.LocalTarget(folder / f"{sig}.h5") for sig in self.shard_sigs()]
 
+    def stage_outputs(self) -> list:
+        """The paths of every shard of this stage in the batch's split (all batches)."""
+        if not self.stage:
+            return [t.path for t in self.output()]
+        params = dict(self.stage)
+        split = luigi.task_register.Register.get_task_cls(params.pop("family")).from_str_params(params)
+        return split.shard_paths()
+
     def run(self):
+        """Build the missing shards; one progress line for the whole stage (StageProgress),
+        not one per task, so ImageNet's ~10,000 shards print a few lines a minute."""
         todo = [i for i, target in enumerate(self.output()) if not target.exists()]
-        progress = self.progress_callback(f"{self.get_task_family()} {self.batch}")
-        total, done = sum(len(self.files[i]) for i in todo), 0
-        for i in todo:
-            self.build_shard(i, self.output()[i].path, lambda j, n, base=done: progress(base + j, total))
-            done += len(self.files[i])
+        paths = self.stage_outputs()
+        name = f"{self.get_task_family()} {dict(self.stage).get('split', '')}".strip()
+        stage = StageProgress(name, lambda: sum(os.path.exists(p) for p in paths), len(paths))
+        for n, i in enumerate(todo, 1):
+            self.build_shard(i, self.output()[i].path, lambda j, k: None)
+            line = stage.shard_done(len(self.files[i]), last=n == len(todo))
+            if line:
+                self.set_status_message(line)
+                self.set_progress_percentage(round(100 * n / len(todo)))
 
     def build_shard(self, i: int, path: str, on_image) -> None:
         raise NotImplementedError
+
+
+def stage_of(split_task) -> dict:
+    """What ShardBatch.stage_outputs needs to find the split task again: family + parameters."""
+    return {"family": split_task.get_task_family(), **split_task.to_str_params(only_significant=True)}
 
 
 class LabShard(ShardBatch, LabParams):
@@ -412,7 +435,9 @@ class LabelShard(ShardBatch, LabelParams):
 
     @once
     def requires(self):
-        return {"lab": self.clone(LabShard), "gmm": self.gmm_task()}
+        # the Lab batch as the LabSplit of the same split made it (its progress counts Lab shards)
+        lab_stage = {**self.stage, "family": "LabSplit"} if self.stage else {}
+        return {"lab": self.clone(LabShard, stage=lab_stage), "gmm": self.gmm_task()}
 
     def shard_folder(self) -> str:
         return self.label_dir()
@@ -434,8 +459,12 @@ class LabelSplit(LabelParams):
     @once
     def requires(self):
         lab = self.clone(LabSplit)
-        return {"lab": lab, "labels": [self.clone(LabelShard, batch=t.batch, shards=t.shards, files=t.files)
-                                       for t in lab.batches]}
+        return {"lab": lab, "labels": [self.clone(LabelShard, batch=t.batch, shards=t.shards, files=t.files,
+                                                  stage=stage_of(self)) for t in lab.batches]}
+
+    def shard_paths(self) -> list:
+        """Every label shard of the split, in plan order."""
+        return [label for _, label in self.pairs()]
 
     def pairs(self):
         """[(lab shard path, label shard path)] of the split, in plan order."""

@@ -75,3 +75,36 @@ class Progress:
             self.stream.write("\n")
             self.stream.flush()
             self._open_line = False
+
+
+class StageProgress:
+    """One line for a whole stage built by many tasks, in many processes: `count_done()`
+    counts the stage's finished outputs (on disk, so every worker's work counts) at most
+    every `interval_s` seconds and at the task's end; a line reads, e.g.,
+
+        LabShard train: 812/5085 shards, 7.4 img/s/worker, ETA 41m
+
+    img/s/worker is this task's rate; the ETA extrapolates the stage's own progress since
+    this task started (all workers together)."""
+
+    def __init__(self, desc: str, count_done, total: int, stream=None, interval_s: float = 60.0):
+        self.desc, self.count_done, self.total, self.interval_s = desc, count_done, int(total), interval_s
+        self.stream = stream or sys.stderr
+        self.t0 = self.last = time.perf_counter()
+        self.done0, self.images = count_done(), 0
+
+    def shard_done(self, images: int, last: bool = False):
+        """A shard of `images` images is written; returns the printed line, or None."""
+        self.images += images
+        now = time.perf_counter()
+        if not last and now - self.last < self.interval_s:
+            return None
+        self.last = now
+        done, elapsed = self.count_done(), max(now - self.t0, 1e-9)
+        rate = (done - self.done0) / elapsed                    # the stage's shards per second
+        eta = format_seconds((self.total - done) / rate) if rate > 0 else "?"
+        line = (f"{self.desc}: {done}/{self.total} shards, {self.images / elapsed:.1f} img/s/worker, "
+                f"ETA {eta if done < self.total else '0s'}")
+        self.stream.write(line + "\n")
+        self.stream.flush()
+        return line

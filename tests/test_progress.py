@@ -100,3 +100,31 @@ def test_training_prints_one_line_per_validation_and_logs_hparams(tmp_path, caps
     acc.Reload()
     assert "hparam/best_val_loss" in acc.Tags()["scalars"]
     assert "_hparams_/experiment" in acc.summary_metadata
+
+
+def test_a_stage_prints_its_own_shards_done_of_the_split_with_eta(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(progress_module.time, "perf_counter", clock)
+    out, on_disk = io.StringIO(), [800]
+    stage = progress_module.StageProgress("LabShard train", lambda: on_disk[0], 5085, stream=out, interval_s=60)
+    lines = []
+    for _ in range(12):                  # another worker finishes a shard as often as this one
+        clock.t += 10
+        on_disk[0] += 2
+        lines.append(stage.shard_done(256))
+    lines.append(stage.shard_done(256, last=True))
+    printed = [line for line in lines if line]
+    assert printed == out.getvalue().splitlines() and len(printed) == 3     # every minute, and the end
+    assert printed[0] == "LabShard train: 812/5085 shards, 25.6 img/s/worker, ETA 5h56m"   # 0.2 shards/s
+    assert printed[-1].startswith("LabShard train: 824/5085 shards")
+
+
+def test_building_shards_prints_one_line_per_stage_not_per_image(work, photo_dataset, capsys):
+    import tasks
+    from conftest import build
+    build(tasks.PrepareRun(config=102, dataset=str(photo_dataset)))
+    err = capsys.readouterr().err.splitlines()
+    stages = [line for line in err if re.match(r"(LabShard|LabelShard) (train|val): \d+/\d+ shards, ", line)]
+    assert any(line.startswith("LabShard train: ") for line in stages), err
+    assert any(re.match(r"LabelShard train: (\d+)/\1 shards", line) for line in stages), stages
+    assert not any(re.search(r"\d+/\d+ \(\d+%\)", line) for line in err), err   # no per-image bars
