@@ -15,6 +15,7 @@ and fingerprints (pipeline/plan.py), so a moved dataset rebuilds nothing.
 Machine settings come from luigi.cfg's [colorize] section.  Importing this module
 does not import torch: training and evaluation import it in the worker that runs them.
 """
+import atexit
 import functools
 import inspect
 import json
@@ -25,6 +26,7 @@ from functools import cached_property
 from pathlib import Path
 
 import luigi
+from luigi.cmdline_parser import CmdlineParser
 from luigi.parameter import ParameterVisibility
 
 from models.registry import ARCHITECTURES, DEFAULT_TEMPERATURE
@@ -705,7 +707,11 @@ class Demo(luigi.Task):
         result = colorize_items(model, [(photo, coloured)])
         if result["failed"]:
             raise RuntimeError(f"could not colorize {photo}: {result['failed'][0][1]}")
-        print(demo_summary(fcn16, evaluation, coloured), flush=True)
+        summary = demo_summary(fcn16, evaluation, coloured)
+        if CmdlineParser.get_instance() is None:       # luigi.build() from Python: print it now
+            print(summary, flush=True)
+        else:                                          # `luigi ... Demo`: after Luigi's own summary
+            atexit.register(print, summary, flush=True)
         self._done = True
 
 
