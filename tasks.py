@@ -694,42 +694,18 @@ class Demo(luigi.Task):
         return self._done
 
     def run(self):
-        from inference.files import colorize_items   # torch: only in the worker that runs the demo
-        from inference.api import load_colorizer
+        from inference.demo import colorize_one, demo_summary   # torch: only in the worker that runs it
         from pipeline.samples import SAMPLE_VAL
         yield SampleDataset(dest=self.dest)
         fcn16 = TRAIN_TASKS["fcn16s"](config=self.config, dataset=self.dest)
         evaluation = Evaluate(config=self.config, dataset=self.dest, arch="fcn16s", split="val")
         yield [fcn16, evaluation]
         photo = Path(self.dest) / f"{SAMPLE_VAL[0]}.png"            # held out: not a training photo
-        coloured = fcn16.run_dir() / "demo" / photo.name
-        model = load_colorizer(fcn16.run_dir(), colorize().device)
-        result = colorize_items(model, [(photo, coloured)])
-        if result["failed"]:
-            raise RuntimeError(f"could not colorize {photo}: {result['failed'][0][1]}")
-        summary = demo_summary(fcn16, evaluation, coloured)
+        coloured = colorize_one(fcn16.run_dir(), photo, fcn16.run_dir() / "demo" / photo.name,
+                                colorize().device)
+        summary = demo_summary([fcn16.init_task().run_dir(), fcn16.run_dir()], evaluation.out_dir(), coloured)
         if CmdlineParser.get_instance() is None:       # luigi.build() from Python: print it now
             print(summary, flush=True)
         else:                                          # `luigi ... Demo`: after Luigi's own summary
             atexit.register(print, summary, flush=True)
         self._done = True
-
-
-def demo_summary(fcn16, evaluation, coloured) -> str:
-    """The demo's closing lines: results, then the commands to go on with."""
-    lines = ["", "Demo finished."]
-    for run in (fcn16.init_task().run_dir(), fcn16.run_dir()):
-        done = json.loads((run / "done.json").read_text())
-        lines.append(f"  trained {run.name}: best val loss {done.get('best_val_loss', float('nan')):.4f} "
-                     f"(iteration {done.get('best_iteration')})")
-    metrics = json.loads(Path(evaluation.output().path).read_text())["methods"]
-    lines += [f"  held-out photos: AuC {metrics['model/annealed']['auc']:.1f}% (gray baseline "
-              f"{metrics['gray']['auc']:.1f}%), mean IoU {metrics['model/annealed']['mean_iou']:.3f}",
-              "  A 9-photo CPU demo gives muted colours; config 14 on a real dataset and a GPU is what "
-              "the method is for (README 'Experiment configs').",
-              f"Report:     {evaluation.out_dir() / 'report.html'}",
-              f"Colorized:  {coloured}",
-              f"Colorize your photos:  .venv/bin/colorize-fcn colorize --model {fcn16.run_dir()} "
-              f"YOUR_PHOTOS/ --out colorized/",
-              f"Curves:     .venv/bin/tensorboard --logdir {fcn16.run_dir().parent}"]
-    return "\n".join(lines)
