@@ -570,7 +570,7 @@ class TrainRun(ConfigTask):
 
     @property
     def resources(self):
-        return {colorize().gpu_resource: 1}
+        return {self.settings.gpu_resource: 1}
 
     def init_task(self):
         """The finished coarser run this one starts from (None when trained from scratch)."""
@@ -605,8 +605,8 @@ class TrainRun(ConfigTask):
                 self.set_progress_percentage(round(100 * iteration / total))
                 self.set_status_message(f"iteration {iteration}/{total}, loss {loss:.4f}")
 
-        fit(self.run_dir(), RunInputs.load(self.run_dir()), device=colorize().device,
-            loader_workers=colorize().loader_workers, on_step=on_step)
+        fit(self.run_dir(), RunInputs.load(self.run_dir()), device=self.settings.device,
+            loader_workers=self.settings.loader_workers, on_step=on_step)
         log.info("[train] %s config %d done: %s", self.arch, self.config, self.run_dir())
 
 
@@ -662,7 +662,7 @@ class Evaluate(ConfigTask):
         pairs = self.requires()["split"].pairs() if self.split else inputs.val
         metrics = evaluate_run(
             run.run_dir() / "best.pt", self.out_dir(), pairs, temperature=self.temperature,
-            n_gallery=self.gallery, device=colorize().device,
+            n_gallery=self.gallery, device=self.settings.device,
             info={"config": self.config, "overrides": dict(self.overrides), "arch": self.arch,
                   "split": split, "dataset": inputs.dataset},
             on_image=self.progress_callback("evaluate"))

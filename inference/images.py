@@ -23,7 +23,7 @@ from PIL import Image, ImageOps
 
 from pipeline.atomic import atomic_path
 from pipeline.color import lab_planes_to_rgb, lightness_plane, rgb_to_lab
-from pipeline.images import DEFAULT_MAX_PIXELS, REDUCING_GAP, RESAMPLE, SkipImage, to_rgb
+from pipeline.images import DEFAULT_MAX_PIXELS, REDUCING_GAP, RESAMPLE, SkipImage, has_alpha, to_rgb
 
 _BLOCK = 1 << 16         # pixels converted at a time: cache-sized float32 temporaries
 FORMATS = {"png": ".png", "jpg": ".jpg"}      # output format -> file suffix
@@ -89,11 +89,6 @@ def read_image(path) -> Image.Image:
         raise InputError("not a recognised image file") from None
     except Exception as e:                            # decode errors of every kind
         raise InputError(f"cannot decode: {one_line(e)}") from None
-
-
-def has_alpha(im: Image.Image) -> bool:
-    """The modes pipeline.images.to_rgb composites on white."""
-    return im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or (im.mode == "P" and "transparency" in im.info)
 
 
 def lightness(rgb) -> np.ndarray:

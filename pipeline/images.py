@@ -207,14 +207,18 @@ def _lab_to_srgb():
     )
 
 
+def has_alpha(im: Image.Image) -> bool:
+    """An image whose transparency to_rgb composites on white."""
+    return im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or (
+        im.mode == "P" and "transparency" in im.info)
+
+
 def to_rgb(im: Image.Image) -> Image.Image:
     """Convert a loaded image of any PIL mode to mode RGB."""
     mode = im.mode
     if mode == "RGB":
         return im
-    if mode in ("RGBA", "RGBa", "LA", "La", "PA") or (
-        mode == "P" and "transparency" in im.info
-    ):
+    if has_alpha(im):
         if mode in ("RGBa", "PA", "P"):
             im = im.convert("RGBA")
         elif mode == "La":
