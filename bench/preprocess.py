@@ -23,14 +23,11 @@ images/s / best plain images/s over the rounds, and ratio_cpu_time = the same me
 from this process's CPU time (time.process_time: user + system, page faults included)
 instead of wall time.  Both sides run on one thread, so for an idle machine they agree.
 
---what-if NAME also times, in the same rounds, ours with a proposed change patched in
-(inside this process only) and reports its ratio:
+--what-if NAME also times, in the same rounds, ours with a proposed change and reports
+its ratio:
     lzf | szip | gzip   Lab shards written with that compression ([colorize] lab_compression)
                         (also reports the Lab shard size)
-    kn-posteriors       the label stage's posteriors computed in (K, N) layout: softmax
-                        reductions across K rows instead of along a 16-long axis, and no
-                        (..., K) -> (K, ...) copy (a change to pipeline.gmm.posteriors and
-                        pipeline.labels.target_posteriors; same values to 4e-7)
+(kn-posteriors, the (K, N) posterior layout, was measured here and is now the code.)
 
     .venv/bin/python bench/preprocess.py [--n 200] [--rounds 5] [--chunk 100] [--what-if szip]
 """
@@ -44,7 +41,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from unittest import mock
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -53,15 +49,13 @@ import pipeline  # noqa: E402,F401  (first: sets OPENBLAS_NUM_THREADS=1 before n
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pipeline.color import ab_to_hue_chroma, lab_planes  # noqa: E402
+from pipeline.color import lab_planes  # noqa: E402
 from pipeline.splits import list_split  # noqa: E402
 from pipeline.synthetic import generate_imagenet_like  # noqa: E402
 from pipeline.images import (DRAFT_OVERSAMPLE, REDUCING_GAP, RESAMPLE, _square_box,  # noqa: E402
                              load_rgb_with_size)
 from pipeline.shards import COMPRESSION, LAB_SCALE, read_array, write_shard  # noqa: E402
-from pipeline.gmm import _log_density_weights, fit_gmm  # noqa: E402
-from pipeline.labels import lowpass_ab  # noqa: E402
-import pipeline.preprocess  # noqa: E402
+from pipeline.gmm import fit_gmm  # noqa: E402
 from pipeline.preprocess import build_label_shard, build_lab_shard, gmm_features  # noqa: E402
 
 
@@ -87,37 +81,13 @@ def plain_stretch(root, relpaths, size):
             np.asarray(im.convert("RGB").resize((size, size)))
 
 
-def _posteriors_kn(features, gmm):
-    """gmm.posteriors in (K, N) layout: (..., 2) features -> (K, ...) float32 posteriors."""
-    features = np.asarray(features, dtype=np.float64)
-    x1, x2 = features.reshape(-1, 2).T
-    F = np.stack([x1 * x1, x1 * x2, x2 * x2, x1, x2, np.ones_like(x1)])    # (6, N)
-    log_p = _log_density_weights(gmm).T @ F                                 # (K, N)
-    p = (log_p - log_p.max(axis=0)).astype(np.float32)
-    np.exp(p, out=p)
-    p /= p.sum(axis=0)
-    return p.reshape((-1,) + features.shape[:-1])
-
-
-def _target_posteriors_kn(ab, gmm, factor):
-    """labels.target_posteriors on _posteriors_kn: (..., 2, S, S) -> (..., K, s, s) view."""
-    small = lowpass_ab(ab, factor)
-    features = ab_to_hue_chroma(small[..., 0, :, :], small[..., 1, :, :])
-    return np.moveaxis(_posteriors_kn(features, gmm), 0, -3)
-
-
-#: --what-if name -> the patches (module, attribute, replacement) it makes.
-PATCHES = {"kn-posteriors": [(pipeline.preprocess, "target_posteriors", _target_posteriors_kn)]}
-WHAT_IFS = sorted(k for k in COMPRESSION if k and k != "none") + sorted(PATCHES)
+WHAT_IFS = sorted(k for k in COMPRESSION if k and k != "none")
 
 
 @contextlib.contextmanager
 def what_if(name):
-    """Patch in proposal `name`; yield the Lab compression ours should use meanwhile."""
-    with contextlib.ExitStack() as stack:
-        for module, attr, value in PATCHES.get(name, []):
-            stack.enter_context(mock.patch.object(module, attr, value))
-        yield name if name in COMPRESSION else None
+    """Yield the Lab compression ours should use for proposal `name`."""
+    yield name
 
 
 def ours(root, relpaths, size, gmm, lowpass, out_dir, tag, compression=None):

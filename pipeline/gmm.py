@@ -106,19 +106,23 @@ def _log_density_weights(gmm: dict) -> np.ndarray:
     return np.stack([-0.5 * A[:, 0, 0], -A[:, 0, 1], -0.5 * A[:, 1, 1], Am[:, 0], Am[:, 1], const])
 
 
-def posteriors(features, gmm: dict) -> np.ndarray:
-    """(..., 2) features -> (..., K) float32 component posteriors (rows sum to 1).
+def posteriors(features, gmm: dict, k_first: bool = False) -> np.ndarray:
+    """(..., 2) features -> (..., K) float32 component posteriors (summing to 1 over K);
+    k_first: (K, ...) instead, as the label shards hold them (no transposing copy).
 
     Same maths as sklearn's predict_proba (log-weights + Gaussian log-densities, softmax),
-    as one (N, 6) @ (6, K) float64 matmul; agrees with it to ~1e-6.
+    as one (K, 6) @ (6, N) float64 matmul; agrees with it to ~1e-6.  Computed in (K, N)
+    layout: the softmax reductions then add K rows of N values (vectorised) instead of
+    reducing N rows of K values, 2.5x faster at K = 16 (0.055 vs 0.139 ms per 32x32 target).
     """
     features = np.asarray(features, dtype=np.float64)
     shape = features.shape[:-1]
     x1, x2 = features.reshape(-1, 2).T                                   # (N,) each
-    F = np.stack([x1 * x1, x1 * x2, x2 * x2, x1, x2, np.ones_like(x1)], axis=1)   # (N, 6)
-    log_p = F @ _log_density_weights(gmm)                                # (N, K)
-    # softmax; after subtracting the row maximum float32 is exact enough (values in [-inf, 0])
-    p = (log_p - log_p.max(axis=1, keepdims=True)).astype(np.float32)
+    F = np.stack([x1 * x1, x1 * x2, x2 * x2, x1, x2, np.ones_like(x1)])  # (6, N)
+    log_p = _log_density_weights(gmm).T @ F                              # (K, N)
+    # softmax; after subtracting the column maximum float32 is exact enough (values in [-inf, 0])
+    p = (log_p - log_p.max(axis=0)).astype(np.float32)
     np.exp(p, out=p)
-    p /= p.sum(axis=1, keepdims=True)
-    return p.reshape(shape + (len(gmm["weights"]),))
+    p /= p.sum(axis=0)
+    p = p.reshape((len(gmm["weights"]),) + shape)                       # (K, ...)
+    return p if k_first else np.ascontiguousarray(np.moveaxis(p, 0, -1))

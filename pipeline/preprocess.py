@@ -13,7 +13,7 @@ from .fingerprint import check_mode, file_fingerprint
 from .images import SkipImage, load_rgb_with_size
 from .labels import target_posteriors
 from .plan import sample_key
-from .shards import LAB_SCALE, decode_lab, read_array, read_attrs, read_rows, write_shard
+from .shards import LAB_SCALE, decode_lab, fixed_point, read_array, read_attrs, read_rows, write_shard
 
 # Images per posterior computation: bounds memory at ~10 MB for 256 px.  64 (~40 MB) took
 # 6 % more CPU per image here: fresh pages for its 33 MB float32 batch every time.
@@ -152,9 +152,9 @@ def build_label_shard(lab_path, gmm: dict, lowpass: int, out_path, sig: str = ""
     post = np.empty((n, k, s, s), np.float16)
     for i in range(0, n, LABEL_BATCH):
         j = min(n, i + LABEL_BATCH)
-        ab = decode_lab(read_array(lab_path, "ab", slice(i, j)))     # (B, 2, S, S) float32
-        p = target_posteriors(ab, gmm, lowpass)                      # (B, K, s, s) float32
-        np.putmask(p, p < np.float32(2 ** -14), np.float32(0))
+        ab = fixed_point(read_array(lab_path, "ab", slice(i, j)))    # (B, 2, S, S) int16
+        p = target_posteriors(ab, gmm, lowpass, scale=1 / LAB_SCALE)  # (B, K, s, s) float32
+        np.copyto(p, np.float32(0), where=p < np.float32(2 ** -14))
         post[i:j] = p
         if on_image:
             on_image(j, n)

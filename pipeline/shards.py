@@ -45,13 +45,18 @@ def encode_lab(x) -> np.ndarray:
     return q.astype(np.int16)
 
 
-def decode_lab(q) -> np.ndarray:
-    """int16 fixed point read from a Lab shard -> float32 Lab values."""
+def fixed_point(q) -> np.ndarray:
+    """A Lab array read from a shard, checked to be int16 fixed point (value * LAB_SCALE)."""
     q = np.asarray(q)
     if q.dtype != np.int16:
         raise ShardError(f"Lab arrays must be int16 fixed point, got {q.dtype} "
                          "(a shard from an older version? delete it and rerun)")
-    return np.multiply(q, np.float32(1 / LAB_SCALE), dtype=np.float32)
+    return q
+
+
+def decode_lab(q) -> np.ndarray:
+    """int16 fixed point read from a Lab shard -> float32 Lab values."""
+    return np.multiply(fixed_point(q), np.float32(1 / LAB_SCALE), dtype=np.float32)
 
 
 class ShardError(RuntimeError):

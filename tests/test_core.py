@@ -100,6 +100,21 @@ def test_target_posteriors_shape_and_sum():
     np.testing.assert_allclose(p.sum(0), 1, atol=1e-5)
 
 
+def test_shard_fixed_point_gives_the_float_labels():
+    # the label stage low-passes the Lab shards' int16 planes directly (exact int32 block sums)
+    rng = np.random.default_rng(7)
+    ab = rng.uniform(-100, 100, (3, 2, 64, 64)).astype(np.float32)
+    q = encode_lab(ab)
+    for factor in (1, 4, 8):
+        np.testing.assert_allclose(lowpass_ab(q, factor, 1 / LAB_SCALE), lowpass_ab(decode_lab(q), factor),
+                                   atol=1e-4)
+    g = uniform_grid(16)
+    np.testing.assert_allclose(target_posteriors(q, g, 8, scale=1 / LAB_SCALE),
+                               target_posteriors(decode_lab(q), g, 8), atol=1e-5)
+    features = rng.uniform(0, 1, (5, 7, 2))
+    np.testing.assert_allclose(posteriors(features, g, k_first=True), np.moveaxis(posteriors(features, g), -1, 0))
+
+
 def test_content_defined_grouping_is_local():
     files = [f"img{i:04d}.jpg" for i in range(400)]
     before = group_files(files, 16)
