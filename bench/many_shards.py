@@ -27,10 +27,15 @@ depends on images per shard.  Preprocessing's shard_size is 256 (mean ~252); the
 (64 at 64 px, 16 at 256 px) are what fits ~2 minutes and ~9 GB of memory here (writing the
 one-file twin at 256 px holds it in memory ~3 times).
 
+--baseline DIR also times another checkout's train/data.py (e.g. `git worktree add /tmp/base
+HEAD~1`) on the same files in the same rounds: sides "many_baseline" and "one_baseline", and
+its ratio and samples/s in the JSON -- a before/after of a loader change in one run.
+
     .venv/bin/python bench/many_shards.py [--shards 1000] [--sizes 64 256] [--per-shard 64 16]
-        [--samples 16000 4000] [--before-samples 1500] [--rounds 3]
+        [--samples 16000 4000] [--before-samples 1500] [--rounds 3] [--baseline DIR]
 """
 import argparse
+import importlib.util
 import json
 import resource
 import shutil
@@ -85,6 +90,14 @@ def read_rate(ds, sampler, epoch, warm, limit):
     return len(items) / (time.perf_counter() - t0)
 
 
+def load_data_module(checkout):
+    """train/data.py of another checkout, as a module of its own (for --baseline)."""
+    spec = importlib.util.spec_from_file_location("baseline_data", Path(checkout) / "train" / "data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def bench_size(tmp, im_size, per_shard, samples, args, rng):
     folder = tmp / f"s{im_size}"
     folder.mkdir()
@@ -99,6 +112,11 @@ def bench_size(tmp, im_size, per_shard, samples, args, rng):
     sides = {"many": (many, EpochSampler(n, True, 0, shards=many.shard_ids), samples),
              "one": (one, EpochSampler(n, True, 0, shards=one.shard_ids), samples),
              "before": (many, EpochSampler(n, True, 0), args.before_samples)}
+    if args.baseline:
+        base = load_data_module(args.baseline)
+        for name, pairs in (("many_baseline", many_pairs), ("one_baseline", one_pairs)):
+            ds = base.ShardDataset(pairs, flip=True)
+            sides[name] = (ds, base.EpochSampler(n, True, 0, shards=ds.shard_ids), samples)
     rates = {name: [] for name in sides}
     names = list(sides)
     for r in range(args.rounds):
@@ -107,10 +125,15 @@ def bench_size(tmp, im_size, per_shard, samples, args, rng):
             rates[name].append(read_rate(ds, sampler, r, SHARD_WINDOW * per_shard, limit))
         print(f"{im_size} px round {r}: " + ", ".join(f"{k} {v[-1]:.0f}/s" for k, v in rates.items()),
               file=sys.stderr)
-    many.close(), one.close()
+    for ds, _, _ in sides.values():
+        ds.close()
     shutil.rmtree(folder, ignore_errors=True)
     med = {name: statistics.median(v) for name, v in rates.items()}
-    return {"ratio": round(med["many"] / med["one"], 3), "ratio_before": round(med["before"] / med["one"], 3),
+    baseline = {} if not args.baseline else {
+        "baseline_ratio": round(med["many_baseline"] / med["one_baseline"], 3),
+        "baseline_many_samples_per_s": round(med["many_baseline"]),
+        "baseline_one_samples_per_s": round(med["one_baseline"])}
+    return {**baseline, "ratio": round(med["many"] / med["one"], 3), "ratio_before": round(med["before"] / med["one"], 3),
             "many_samples_per_s": round(med["many"]), "one_samples_per_s": round(med["one"]),
             "before_samples_per_s": round(med["before"]), "images_per_shard": per_shard, "n_images": n,
             "samples_timed": min(samples, n - SHARD_WINDOW * per_shard),
@@ -129,7 +152,10 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--lowpass", type=int, default=8)
+    ap.add_argument("--baseline", metavar="DIR", help="another checkout whose train/data.py is timed too")
     args = ap.parse_args()
+    if args.baseline and not (Path(args.baseline) / "train" / "data.py").is_file():
+        ap.error(f"--baseline {args.baseline}: no train/data.py there")
     if not len(args.sizes) == len(args.per_shard) == len(args.samples):
         ap.error("--sizes, --per-shard and --samples need one value per size")
     t_start = time.perf_counter()
