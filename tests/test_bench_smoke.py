@@ -1,5 +1,6 @@
-"""bench/gpu_train.py cannot rot: its --smoke run (seconds, CPU or GPU) trains both archs
-through the real loader and prints the bench JSON line; without CUDA the full run is a no-op."""
+"""Benches that cannot rot: bench/gpu_train.py's --smoke run (seconds, CPU or GPU) trains both
+archs through the real loader and prints the bench JSON line, and without CUDA the full run is a
+no-op; bench/many_shards.py on a few tiny shards, with --baseline."""
 import json
 import math
 import subprocess
@@ -13,8 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "bench" / "gpu_train.py"
 
 
-def last_json_line(*args):
-    proc = subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, capture_output=True,
+def last_json_line(*args, script=SCRIPT):
+    proc = subprocess.run([sys.executable, str(script), *args], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -44,3 +45,17 @@ def test_gpu_train_smoke_reports_every_combination():
 def test_gpu_train_without_cuda_is_a_null_result():
     result = last_json_line()
     assert result["bench"] == "gpu_train" and result["value"] is None
+
+
+def test_many_shards_tiny_run_with_a_baseline():
+    # this checkout as its own baseline: the same loader code timed twice in the same rounds
+    result = last_json_line("--shards", "40", "--sizes", "32", "--per-shard", "4", "--samples", "100",
+                            "--before-samples", "40", "--rounds", "2", "--baseline", str(REPO),
+                            script=REPO / "bench" / "many_shards.py")
+    assert (result["bench"], result["goal"]) == ("many_shards", 0.8)
+    px = result["px32"]
+    assert px["n_images"] == 160 and px["images_per_shard"] == 4
+    for key in ("many_samples_per_s", "one_samples_per_s", "baseline_many_samples_per_s",
+                "baseline_one_samples_per_s"):
+        assert px[key] > 0, key
+    assert result["value"] == px["ratio"] > 0
