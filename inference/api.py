@@ -9,6 +9,7 @@ Inputs are PIL images of any mode or uint8 arrays ((H, W) gray, (H, W, 3) RGB,
 (H, W, 4) RGBA), of any size; colour inputs are reduced to their lightness
 first.  Outputs keep the input's full-resolution lightness.
 """
+import json
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +41,16 @@ class ImageColorizer:
     """A loaded Colorizer on a device, with image-level helpers.
 
     colorizer: the models.colorizer.Colorizer (eval mode); device: where it runs;
-    iteration / max_iteration: how far its training run had got when it was saved."""
+    iteration / max_iteration: the iteration its weights come from (for best.pt, the best
+    validation's, which need not be the last) and its run's length; run_complete: what the
+    done.json beside the checkpoint says of its run (None: no done.json there)."""
 
-    def __init__(self, colorizer: Colorizer, device, iteration=None, max_iteration=None, source=""):
+    def __init__(self, colorizer: Colorizer, device, iteration=None, max_iteration=None, source="",
+                 run_complete=None):
         self.colorizer = colorizer.to(device).eval()
         self.device = device
         self.iteration, self.max_iteration, self.source = iteration, max_iteration, str(source)
+        self.run_complete = run_complete
 
     @property
     def im_size(self) -> int:
@@ -53,8 +58,23 @@ class ImageColorizer:
 
     @property
     def finished(self) -> bool:
-        """False when the checkpoint comes from a run that had not reached its last iteration."""
+        """False when the checkpoint may come from a run that had not reached its last
+        iteration: its done.json says so, or, with no done.json beside it, its weights are
+        from before the last iteration (a finished run's best.pt copied elsewhere reads the
+        same as an unfinished one's)."""
+        if self.run_complete is not None:
+            return self.run_complete
         return self.iteration is None or self.max_iteration is None or self.iteration >= self.max_iteration
+
+    def unfinished_note(self):
+        """None when finished, else one sentence saying why the run may not have finished."""
+        if self.finished:
+            return None
+        where = f"iteration {self.iteration} of {self.max_iteration}"
+        if self.run_complete is False:
+            return f"{self.source} comes from an unfinished run (weights of {where})"
+        return (f"{self.source} holds the weights of {where} and has no done.json beside it: "
+                "its run may not have finished")
 
     def predict_ab(self, L_small, decoder=DEFAULT_DECODER, temperature=DEFAULT_TEMPERATURE):
         """(N, S, S) lightness at the network's size -> (N, 2, S, S) a/b on the CPU."""
@@ -83,4 +103,13 @@ def load_colorizer(path, device="auto", warn=None) -> ImageColorizer:
         dev = resolve_device(device, warn)
     except (RuntimeError, ValueError) as e:
         raise ModelError(" ".join(str(e).split()).split(" Please file an issue")[0][:400]) from None
-    return ImageColorizer(colorizer, dev, ckpt.get("iteration"), ckpt.get("max_iteration"), ckpt_file)
+    return ImageColorizer(colorizer, dev, ckpt.get("iteration"), ckpt.get("max_iteration"), ckpt_file,
+                          _run_complete(ckpt_file.parent))
+
+
+def _run_complete(folder: Path):
+    """done.json's `complete` in a run folder; None without a readable done.json."""
+    try:
+        return bool(json.loads((folder / "done.json").read_text())["complete"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -154,8 +154,7 @@ def cmd_colorize(args) -> int:
         _say("error", f"cannot load model {args.model}: {' '.join(str(e).split())}")
         return 2
     if not model.finished:
-        _warn(f"{model.source} comes from an unfinished run (iteration {model.iteration} of "
-              f"{model.max_iteration}): its colours may improve when training completes")
+        _warn(f"{model.unfinished_note()}; its colours may improve when training completes")
     for raw, msg in errors:
         print_error(raw, msg)
     size = args.size or model.im_size

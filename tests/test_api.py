@@ -1,4 +1,5 @@
 """The Python API (inference.api): load a run, colorize images in memory; the README's snippet."""
+import json
 import re
 from pathlib import Path
 
@@ -54,6 +55,22 @@ def test_load_a_run_folder_or_its_file(run, model):
     np.testing.assert_array_equal(np.asarray(from_file.colorize(image)), np.asarray(model.colorize(image)))
     unfinished = load_colorizer(fake_run(run.parent.parent / "more", iteration=3, max_iteration=9), "cpu")
     assert not unfinished.finished and (unfinished.iteration, unfinished.max_iteration) == (3, 9)
+    assert "may not have finished" in unfinished.unfinished_note()
+
+
+def test_a_finished_run_whose_best_validation_was_not_the_last(tmp_path):
+    # best.pt holds the best validation's iteration (250), not the run's last (300): done.json
+    # beside it says whether the run finished
+    folder = fake_run(tmp_path, iteration=250, max_iteration=300)
+    done = {"complete": True, "iterations": 300, "best_iteration": 250}
+    (folder / "done.json").write_text(json.dumps(done))
+    m = load_colorizer(folder, "cpu")
+    assert m.finished and m.unfinished_note() is None and m.iteration == 250
+    (folder / "done.json").write_text(json.dumps({**done, "complete": False}))
+    m = load_colorizer(folder / "best.pt", "cpu")
+    assert not m.finished and "comes from an unfinished run (weights of iteration 250 of 300)" in m.unfinished_note()
+    (folder / "done.json").write_text("{truncated")
+    assert not load_colorizer(folder, "cpu").finished             # unreadable: as if absent
 
 
 def _inputs(h, w):
