@@ -42,7 +42,7 @@ from pipeline.prior import cluster_prior, rebalance_weights
 from pipeline.progress import Progress, StageProgress
 from pipeline.run_inputs import RunInputs
 from pipeline.samples import materialise_samples
-from pipeline.shards import COMPRESSION, read_attrs
+from pipeline.shards import COMPRESSION, ShardError, read_attrs
 from pipeline.signature import hash_strings, signature
 from pipeline.splits import list_nonempty_split
 
@@ -524,6 +524,13 @@ class ConfigTask(Stage):
     def train_task(self, arch: str):
         return TRAIN_TASKS[arch](config=self.config, overrides=self.overrides, dataset=self.dataset)
 
+    def command_line_args(self) -> str:
+        """--config, --arch, --overrides, --dataset as a shell command line gives them."""
+        args = f"--config {self.config}" + (f" --arch {self.arch}" if getattr(self, "arch", None) else "")
+        if self.overrides:
+            args += f" --overrides '{json.dumps(dict(self.overrides), separators=(',', ':'))}'"
+        return args + (f" --dataset {self.dataset}" if self.dataset else "")
+
 
 class PrepareRun(ConfigTask):
     """Builds everything a run trains on except the coarser run it starts from: Lab and
@@ -660,6 +667,11 @@ class Evaluate(ConfigTask):
         run, split = self.requires()["run"], self.split or self.cfg["val_split"]
         inputs = RunInputs.load(run.run_dir())
         pairs = self.requires()["split"].pairs() if self.split else inputs.val
+        gone = [path for pair in pairs for path in pair if not Path(path).is_file()]
+        if gone:                       # the run is complete without its caches: gc may have removed them
+            raise ShardError(f"{len(gone)} shard file(s) of the run's {split} split are gone (e.g. {gone[0]}; "
+                             f"`colorize-fcn gc` removes caches of finished runs): rebuild them with "
+                             f"`luigi --module tasks PrepareRun {self.command_line_args()}` and rerun")
         metrics = evaluate_run(
             run.run_dir() / "best.pt", self.out_dir(), pairs, temperature=self.temperature,
             n_gallery=self.gallery, device=self.settings.device,

@@ -3,6 +3,7 @@ import json
 import math
 from pathlib import Path
 
+import luigi
 import numpy as np
 import pytest
 import torch
@@ -18,7 +19,7 @@ from pipeline.color import lab_to_rgb, rgb_to_lab
 from pipeline.labels import target_posteriors
 from pipeline.prior import cluster_prior, rebalance_weights
 from pipeline.run_inputs import RunInputs
-from pipeline.shards import write_shard
+from pipeline.shards import ShardError, write_shard
 from test_colorize import K, _gmm, fake_colorizer
 from train.data import ShardDataset
 
@@ -265,3 +266,24 @@ def test_evaluate_on_another_split_builds_its_labels_with_the_runs_settings(work
     assert metrics["n_images"] == 3
     default = tasks.Evaluate(config=CFG, overrides=over, dataset=str(photo_dataset), arch="fcn32s", gallery=1)
     assert default.out_dir() != ev.out_dir() and default.out_dir().parent == ev.out_dir().parent
+
+
+def test_evaluate_of_a_run_whose_val_shards_are_gone_says_how_to_rebuild_them(work, photo_dataset):
+    """A finished run is complete without its caches (gc removes them); Evaluate then names
+    the missing shards and the PrepareRun command that rebuilds them."""
+    over = {"max_iteration": 2, "interval_validate": 2}
+    args = dict(config=CFG, overrides=over, dataset=str(photo_dataset), arch="fcn32s")
+    build(tasks.TrainFCN32s(config=CFG, overrides=over, dataset=str(photo_dataset)))
+    run_dir = tasks.Evaluate(**args).requires()["run"].run_dir()
+    gone = Path(RunInputs.load(run_dir).val[0][1])
+    shard = gone.read_bytes()
+    gone.unlink()
+    ev = tasks.Evaluate(**args, gallery=1)
+    with pytest.raises(ShardError, match=r"1 shard file\(s\) of the run's val split are gone .*PrepareRun "
+                                         r"--config 102 --arch fcn32s --overrides '\{\"max_iteration\":2,"):
+        ev.run()
+    assert not ev.out_dir().exists()
+    luigi.task_register.Register.clear_instance_cache()     # a new command: no memoised completeness
+    build(tasks.PrepareRun(**args))
+    assert gone.read_bytes() == shard
+    build(ev)
