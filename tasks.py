@@ -698,7 +698,7 @@ class Demo(luigi.Task):
     """Materialises data/samples, trains FCN-32s then FCN-16s on its training photos with a
     small CPU config, evaluates FCN-16s on the held-out val photos and colorizes one of them;
     writes <run>/demo/<photo>.png and prints, last, where everything is."""
-    config = luigi.IntParameter(default=101)
+    config = ConfigNumberParameter(default=101, description="experiment config number (pipeline/config.py)")
     dest = luigi.Parameter(default="data/samples")
     _done = False
 
