@@ -32,6 +32,7 @@ Deleting: every item is first renamed to a hidden temporary name in its own fold
 dies in between, the next gc (or the next task writing in that folder) removes the
 leftovers.
 """
+import argparse
 import json
 import os
 import shutil
@@ -396,17 +397,27 @@ def add_parser(sub) -> None:
     p.add_argument("--keep", nargs="+", default=[], metavar="PATH", help="also keep these files or folders")
     p.add_argument("--delete-runs", action="store_true",
                    help="also delete the run folders that are not kept (needs a selection)")
-    p.add_argument("--min-age", type=float, default=60.0, metavar="MINUTES",
+    p.add_argument("--min-age", type=_minutes, default=60.0, metavar="MINUTES",
                    help="folders with a file younger than this are in use (default 60)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=cmd_gc)
+
+
+def _minutes(text) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of minutes: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be >= 0 minutes, got {text}")
+    return value
 
 
 def cmd_gc(args) -> int:
     work = Path(args.work_dir or default_work_dir())
     try:
         plan = plan_gc(work, args.run, args.config, args.dataset, args.keep, args.delete_runs,
-                       min_age_s=max(args.min_age, 0) * 60)
+                       min_age_s=args.min_age * 60)
     except GCError as e:
         sys.stderr.write(f"colorize-fcn: error: {e}\n")
         return 2

@@ -266,3 +266,9 @@ def test_gc_exit_codes(built, tmp_path):
     assert cli("gc", "--work-dir", work, "--min-age", "x").returncode == 2
     assert cli("runs", "--work-dir", tmp_path / "nope").returncode == 2
     assert cli("gc", "--work-dir", work, "--dry-run").returncode == 0
+
+
+@pytest.mark.parametrize("value, says", [("-5", "must be >= 0 minutes, got -5"), ("abc", "not a number of minutes")])
+def test_gc_refuses_a_bad_min_age(tmp_path, value, says):
+    out = cli("gc", "--work-dir", tmp_path, "--min-age", value, "--dry-run")
+    assert out.returncode == 2 and says in out.stderr, out.stderr
