@@ -159,12 +159,14 @@ def read_run(run_dir) -> dict:
     if done is not None:
         iterations, best = done.get("iterations"), (done.get("best_val_loss"), done.get("best_iteration"))
     else:
-        iterations, best = (int(_number(rows[-1].get("iteration")) or 0) if rows else 0), best_from_log(rows)
+        iterations, best = _last_iteration(rows), best_from_log(rows)
     finished = done is not None and (run_dir / "best.pt").exists()
     holder = lock_holder(run_dir)
     writing = live_temporaries(run_dir)
     state = ("finished" if finished else "running" if holder or writing
              else "stopped" if rows or (run_dir / "checkpoint.pt").exists() else "prepared")
+    if state == "stopped":             # a rerun resumes from the checkpoint of the last validation
+        iterations = _last_iteration([r for r in rows if r.get("split") == "valid"])
     evals = evaluations(run_dir)
     return {"run": run_dir.name, "path": str(run_dir), "arch": inputs.get("arch") or config.get("arch"),
             "config": cfg.get("config"), "overrides": overrides_of(cfg) if cfg else None,
@@ -173,6 +175,10 @@ def read_run(run_dir) -> dict:
             "best_val_loss": best[0], "best_iteration": best[1], "finished": finished, "state": state,
             "locked_by": holder, "auc": evals[-1]["auc"] if evals else None, "evaluations": evals,
             "init_checkpoint": inputs.get("init_checkpoint"), "problems": problems}
+
+
+def _last_iteration(rows) -> int:
+    return int(_number(rows[-1].get("iteration")) or 0) if rows else 0
 
 
 def list_runs(work) -> list:

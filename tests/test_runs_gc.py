@@ -125,6 +125,13 @@ def test_runs_of_an_unfinished_run_come_from_log_csv(copy_work, built):
     best = min(valid, key=lambda c: float(c[3]))
     assert (row["state"], row["finished"], row["iterations"]) == ("stopped", False, 4)
     assert (row["best_val_loss"], row["best_iteration"]) == (float(best[3]), int(best[0]))
+    # training rows after the last validation (killed between two): a rerun resumes at 4
+    header, *lines = (old / "log.csv").read_text().splitlines()
+    train_row = next(ln for ln in lines if ",train," in ln).split(",")
+    train_row[0] = "6"
+    (old / "log.csv").write_text("\n".join([header, *lines, ",".join(train_row)]) + "\n")
+    row = next(r for r in list_runs(copy_work) if r["run"] == old.name)
+    assert (row["state"], row["iterations"]) == ("stopped", 4)
 
 
 def test_runs_does_not_import_torch(built):
