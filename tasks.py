@@ -47,6 +47,7 @@ from pipeline.signature import hash_strings, signature
 from pipeline.splits import list_nonempty_split
 
 log = logging.getLogger("luigi-interface")
+luigi_summary.refuse_without_config()
 
 
 class colorize(luigi.Config):

@@ -18,8 +18,10 @@ scheduling_error exit code and one such line (bad_command_line).
 """
 import logging
 import sys
+from pathlib import Path
 
 import luigi
+import luigi.configuration
 import luigi.execution_summary
 import luigi.retcodes
 from luigi.cmdline_parser import CmdlineParser
@@ -125,3 +127,17 @@ def bad_command_line(error: Exception):
     task = getattr(parser.known_args, "root_task", None) or "luigi"
     print(error_line(task, _describe(error)), file=sys.stderr, flush=True)
     raise SystemExit(luigi.retcodes.retcode().scheduling_error)
+
+
+def refuse_without_config(argv=None) -> None:
+    """Exit 2 with one line when the `luigi` command runs without the project's luigi.cfg,
+    which Luigi reads from the current folder: without it Luigi tries a central scheduler at
+    localhost:8082 for a minute, every exit code is 0 (the [retcode] section is missing) and
+    the settings are the code's defaults."""
+    argv = sys.argv if argv is None else argv
+    command = Path(argv[0] if argv else "")
+    if "luigi" in (command.name, command.parent.name) and not luigi.configuration.get_config().has_section("colorize"):
+        print(f"colorize-fcn: error: no luigi.cfg with a [colorize] section in {Path.cwd()}: run luigi from "
+              "the repository folder (luigi.cfg and luigi-logging.ini are read from the current folder)",
+              file=sys.stderr, flush=True)
+        raise SystemExit(2)

@@ -160,3 +160,16 @@ def test_overrides_are_checked_on_parsing_and_raise_outside_a_command_line():
         param.parse("{lr: 1}")
     with pytest.raises(ConfigError, match="lr must be a number > 0"):
         param.parse('{"lr": -1}')
+
+
+def test_luigi_outside_the_repository_folder_says_where_to_run_it(tmp_path):
+    # without luigi.cfg Luigi would try a central scheduler at localhost:8082 for a minute and exit 0
+    cmd = [sys.executable, "-m", "luigi", "--module", "tasks", "Demo", "--config", "999"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env={**ENV, "PYTHONPATH": str(REPO)}, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    [line] = proc.stderr.splitlines()
+    assert line.startswith(f"colorize-fcn: error: no luigi.cfg with a [colorize] section in {tmp_path}: run luigi "
+                           "from the repository folder"), line
+    [(code, stderr)] = _run_all([cmd])                       # from the repository folder
+    assert code == 35 and "luigi.cfg" not in stderr, stderr
