@@ -12,8 +12,14 @@ Each input becomes <DIR>/<name>.png (or .jpg) at the input's full resolution; a
 folder's files keep their relative paths.  An input that cannot be read is
 reported on stderr in one line and the others go on.
 
+Each output records which input it was made from (a digest of the input's path,
+its size and mtime), so --skip-existing keeps only outputs made from the same
+input; others are refused.  Without --overwrite an output is never replaced, not
+even one that another command writes into the same folder meanwhile.
+
 Exit status: 0 all colorized, 1 some input failed, 2 bad arguments, refused
-inputs or outputs (nothing was written) or the model could not be loaded.
+inputs or outputs, an unwritable --out (nothing was written) or the model could
+not be loaded.
 
 Each subcommand is one add_<name>(sub) function that registers its parser and
 sets `run` to its command; parsing imports no torch, so --help stays fast.
@@ -87,8 +93,8 @@ def add_colorize(sub) -> None:
                               "  colorize-fcn colorize --model best.pt 'scans/**/*.tif' --out colour/ --format jpg\n"
                               "inputs inside a training run folder or an evaluation folder are refused.\n"
                               "exit status: 0 all colorized, 1 some input failed (one 'error:' line each on\n"
-                              "stderr), 2 bad arguments, refused inputs, outputs that exist already (nothing\n"
-                              "is written) or the model could not be loaded")
+                              "stderr), 2 bad arguments, refused inputs, outputs that exist already, an\n"
+                              "unwritable --out (nothing is written) or the model could not be loaded")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     p.add_argument("--model", required=True, metavar="RUN_DIR_OR_CHECKPOINT",
                    help="a training run folder (its best.pt is used) or a checkpoint file")
@@ -100,7 +106,8 @@ def add_colorize(sub) -> None:
                    help="JPEG quality 1-100 (--format jpg only; default 90)")
     existing = p.add_mutually_exclusive_group()
     existing.add_argument("--skip-existing", action="store_true",
-                          help="leave outputs that exist already alone (and do not colorize their inputs)")
+                          help="leave outputs made from the same input alone (and do not colorize their "
+                               "inputs); an existing output made from another input is refused")
     existing.add_argument("--overwrite", action="store_true",
                           help="replace outputs that exist already (without either, they are refused)")
     p.add_argument("--size", type=_int_in(16, 4096), default=None, metavar="N",
@@ -117,17 +124,35 @@ def add_colorize(sub) -> None:
     p.set_defaults(func=cmd_colorize)
 
 
-def _report_existing(existing) -> None:
-    for dst in existing[:_MAX_LISTED]:
-        _say("error", f"{dst} exists (--overwrite replaces it, --skip-existing keeps it)")
-    if len(existing) > _MAX_LISTED:
-        _say("error", f"... and {len(existing) - _MAX_LISTED} more outputs that exist")
+def _report_outputs(lines) -> None:
+    for line in lines[:_MAX_LISTED]:
+        _say("error", line)
+    if len(lines) > _MAX_LISTED:
+        _say("error", f"... and {len(lines) - _MAX_LISTED} more outputs that exist")
+
+
+def _outputs_to_keep(existing):
+    """--skip-existing: (outputs that record their input as it is now, one error line for each other).
+    An output's name depends on the whole input set (clashes get -2, -3, ...), so a name alone
+    does not say that the output was made from this input."""
+    from .files import output_mismatch
+    kept, lines = set(), []
+    for src, dst in existing:
+        try:
+            why = output_mismatch(src, dst)
+        except OSError:
+            continue          # an input that cannot be read is reported when it is read; dst stays
+        if why:
+            lines.append(f"{dst} exists but {why}; --overwrite replaces it")
+        else:
+            kept.add(dst)
+    return kept, lines
 
 
 def cmd_colorize(args) -> int:
     from pipeline.progress import Progress
     from .api import ModelError, load_colorizer
-    from .files import collect_inputs, colorize_items, print_error
+    from .files import check_out_folder, collect_inputs, colorize_items, print_error
     from .images import DEFAULT_JPEG_QUALITY, FORMATS
     if args.quality is not None and args.format != "jpg":
         _say("error", "--quality applies to --format jpg only")
@@ -135,19 +160,28 @@ def cmd_colorize(args) -> int:
     items, errors, refused = collect_inputs(args.inputs, args.out, FORMATS[args.format])
     for folder, msg in refused:
         print_error(folder, msg)
-    existing = [dst for _, dst in items if dst.exists()]
-    if refused or (existing and not (args.skip_existing or args.overwrite)):
-        _report_existing([] if args.skip_existing or args.overwrite else existing)
+    existing = [(src, dst) for src, dst in items if dst.exists()]
+    kept, lines = set(), []
+    if existing and args.skip_existing:
+        kept, lines = _outputs_to_keep(existing)
+    elif existing and not args.overwrite:
+        lines = [f"{dst} exists (--overwrite replaces it, --skip-existing keeps it)" for _, dst in existing]
+    if refused or lines:
+        _report_outputs(lines)
         return 2                                     # before any work: nothing was written
-    if args.skip_existing and existing:
-        kept = set(existing)
+    if kept:
         items = [(src, dst) for src, dst in items if dst not in kept]
         if not items:                                # a finished rerun: no model to load
             for raw, msg in errors:
                 print_error(raw, msg)
             if not args.quiet:
-                sys.stderr.write(f"{PROG}: nothing to do: all {len(existing)} output(s) exist in {args.out}\n")
+                sys.stderr.write(f"{PROG}: nothing to do: all {len(kept)} output(s) exist in {args.out}\n")
             return 1 if errors else 0
+    try:
+        check_out_folder(args.out)                   # before the model loads and any image is read
+    except OSError as e:
+        _say("error", f"--out: {e}")
+        return 2
     try:
         model = load_colorizer(args.model, args.device, warn=_warn)
     except (ModelError, OSError, ValueError) as e:
@@ -159,7 +193,7 @@ def cmd_colorize(args) -> int:
         print_error(raw, msg)
     size = args.size or model.im_size
     if not args.quiet:
-        skipped = f", {len(existing)} skipped (output exists)" if args.skip_existing and existing else ""
+        skipped = f", {len(kept)} skipped (output exists)" if kept else ""
         sys.stderr.write(f"{PROG}: {len(items)} image(s) -> {args.out}{skipped} ({args.decoder} decoder"
                          f"{f', T={args.temperature}' if args.decoder == 'annealed' else ''}, "
                          f"network size {size}, {args.format}, {model.device})\n")
@@ -175,7 +209,7 @@ def cmd_colorize(args) -> int:
 
     result = colorize_items(model, items, args.decoder, args.temperature, args.batch_size, args.threads,
                             on_done=done, on_error=failed, size=size, fmt=args.format,
-                            quality=args.quality or DEFAULT_JPEG_QUALITY)
+                            quality=args.quality or DEFAULT_JPEG_QUALITY, replace=args.overwrite)
     if result["alpha_dropped"]:
         _warn(f"{result['alpha_dropped']} input(s) had an alpha channel, which JPEG cannot hold: they were "
               f"composited on white (--format png keeps it)")

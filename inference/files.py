@@ -9,6 +9,7 @@ expands to several runs would otherwise colorize them.
 """
 import glob
 import math
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -16,11 +17,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 from models.decoders import DECODERS, DEFAULT_DECODER, DEFAULT_TEMPERATURE
+from pipeline.atomic import TargetExists, temporary_name
 from pipeline.images import is_image_name
 from pipeline.run_inputs import INPUTS_FILE
 
 from .api import ImageColorizer
-from .images import DEFAULT_JPEG_QUALITY, FORMATS, load_image, merge_lightness, one_line, save_image
+from .images import (DEFAULT_JPEG_QUALITY, FORMATS, load_image, merge_lightness, one_line, recorded_source,
+                     save_image, source_record)
 
 _GLOB_CHARS = set("*?[")
 
@@ -82,8 +85,8 @@ def collect_inputs(inputs, out_dir, suffix: str = ".png") -> Inputs:
 
     Outputs are <out_dir>/<name><suffix>: a folder's files keep their path relative to
     it, other files their name; clashing names get a -2, -3, ... suffix.  An input
-    whose output would replace it is an error; inputs in run or evaluation folders
-    are refused, one message per such folder."""
+    whose output would replace it, or a folder that is or lies inside out_dir, is an
+    error; inputs in run or evaluation folders are refused, one message per such folder."""
     out_dir = Path(out_dir)
     skip = out_dir.resolve()
     pairs, errors, refused = [], [], {}
@@ -102,6 +105,10 @@ def collect_inputs(inputs, out_dir, suffix: str = ".png") -> Inputs:
         p = Path(raw)
         if p.is_dir():
             if refuse_if_pipeline(p):
+                continue
+            if p.resolve() == skip or skip in p.resolve().parents:
+                errors.append((raw, "is the output folder (or inside it); its images are not inputs "
+                                    "-- choose another --out"))
                 continue
             found = _folder_images(p.resolve(), skip)
             if not found:
@@ -135,17 +142,52 @@ def collect_inputs(inputs, out_dir, suffix: str = ".png") -> Inputs:
     return Inputs(items, errors, [(str(f), msg) for f, msg in refused.items()])
 
 
+def output_mismatch(src, dst):
+    """None when the existing output `dst` records that it was made from `src` as it is now
+    (so --skip-existing may keep it), else why not, in words.  Raises OSError when `src`
+    cannot be stat'ed."""
+    want, got = source_record(src), recorded_source(dst)
+    if got == want:
+        return None
+    if got is None:
+        return "records no input (not written by this colorize-fcn, or edited since)"
+    if got.split()[0] == want.split()[0]:
+        return f"was made from an earlier version of {src}"
+    return "was made from another input (output names depend on the whole input set: clashing names get -2, -3, ...)"
+
+
+def check_out_folder(out_dir) -> None:
+    """Create `out_dir` and write (and remove) a temporary file in it, so that an unwritable
+    --out fails before any work; raises OSError with a one-line message."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OSError(f"{out_dir} is not a folder") from None
+    except OSError as e:
+        raise OSError(f"cannot create {out_dir}: {e.strerror or one_line(e)}") from None
+    probe = temporary_name(out_dir / "probe")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        probe.unlink()
+    except OSError as e:
+        raise OSError(f"cannot write in {out_dir}: {e.strerror or one_line(e)}") from None
+
+
 # ----------------------------------------------------------------------------- the loop
 def colorize_items(model: ImageColorizer, items, decoder=DEFAULT_DECODER, temperature=DEFAULT_TEMPERATURE,
                    batch_size: int = 8, threads: int = 4, on_done=None, on_error=None, size: int = None,
-                   fmt: str = "png", quality: int = DEFAULT_JPEG_QUALITY) -> dict:
+                   fmt: str = "png", quality: int = DEFAULT_JPEG_QUALITY, replace: bool = True) -> dict:
     """Colorize [(source, output file)]; returns {"ok": n, "failed": [(source, message)],
     "alpha_dropped": n}.
 
     size: the network input's side (default the colorizer's im_size); fmt: 'png' (keeps an
     input's alpha channel) or 'jpg' (`quality`; an input's alpha is composited on white and
     counted in alpha_dropped).  Images of the next batch are decoded (threads) while the
-    current one runs on the network; outputs are merged and written in threads too.
+    current one runs on the network; outputs are merged and written in threads too.  Each
+    output records its input (inference.images.source_record, taken before the input is read).
+    replace=False: an output file that exists, or appears while this runs (another process
+    writing to the same folder), is never replaced but failed.
     on_done(src, dst) and on_error(src, message) are called once per item."""
     if decoder not in DECODERS:
         raise ValueError(f"unknown decoder {decoder!r}")
@@ -163,12 +205,27 @@ def colorize_items(model: ImageColorizer, items, decoder=DEFAULT_DECODER, temper
         if on_error:
             on_error(src, msg)
 
-    def finish(src, dst, img, ab):
+    def load(src):
+        """-> (source record, LoadedImage); the record first: an input changed while it is read
+        gets an output that records its older version."""
+        try:
+            record = source_record(src)
+        except OSError:
+            record = None                            # load_image says what is wrong with it
+        return record, load_image(src, size, keep_alpha)
+
+    def finish(src, dst, record, img, ab):
         """-> (src, dst, None) or (src, dst, error message)."""
         try:
-            save_image(dst, merge_lightness(img.L_full, ab), img.alpha, fmt, quality)
+            save_image(dst, merge_lightness(img.L_full, ab), img.alpha, fmt, quality, source=record,
+                       replace=replace)
+        except TargetExists:
+            return src, dst, (f"{dst} appeared while this command ran (another colorize writing to the "
+                              f"same folder?); not replaced")
         except Exception as e:
-            return src, dst, f"cannot write {dst}: {one_line(e)}"
+            msg = (isinstance(e, OSError) and e.strerror) or one_line(e)
+            # pipeline.atomic's OSError names dst already: "cannot write <dst>: <reason>"
+            return src, dst, msg if str(dst) in msg else f"cannot write {dst}: {msg}"
         return src, dst, None
 
     def collect(fut) -> int:
@@ -183,7 +240,7 @@ def colorize_items(model: ImageColorizer, items, decoder=DEFAULT_DECODER, temper
     chunks = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
     with ThreadPoolExecutor(max(1, threads)) as pool:
         def submit(chunk):
-            return [pool.submit(load_image, src, size, keep_alpha) for src, _ in chunk]
+            return [pool.submit(load, src) for src, _ in chunk]
         loading = submit(chunks[0]) if chunks else []
         writing = []
         for ci, chunk in enumerate(chunks):
@@ -195,10 +252,10 @@ def colorize_items(model: ImageColorizer, items, decoder=DEFAULT_DECODER, temper
                 except Exception as e:               # one bad file never stops the rest
                     fail(src, one_line(e))
             if good:
-                ab = model.predict_ab([g[2].L_small for g in good], decoder, temperature)
-                for i, (src, dst, img) in enumerate(good):
+                ab = model.predict_ab([g[2][1].L_small for g in good], decoder, temperature)
+                for i, (src, dst, (record, img)) in enumerate(good):
                     alpha_dropped += img.had_alpha and img.alpha is None
-                    writing.append(pool.submit(finish, src, dst, img, ab[i]))
+                    writing.append(pool.submit(finish, src, dst, record, img, ab[i]))
             # keep at most about one batch of outputs in flight
             while len(writing) > batch_size:
                 ok += collect(writing.pop(0))

@@ -11,15 +11,18 @@ to its lightness first):
      merged with the full-resolution lightness, so the output keeps every detail;
   4. written as PNG or JPEG; an input's alpha channel is kept on a PNG output (step 1
      then takes the lightness of the input's own colours, step 2 still sees it
-     composited on white, as the training data).
+     composited on white, as the training data).  An output can record which input it
+     was made from (source_record), in a PNG text chunk or a JPEG comment.
 """
+import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, PngImagePlugin
 
 from pipeline.atomic import atomic_path
 from pipeline.color import lab_planes_to_rgb, lightness_plane, rgb_to_lab
@@ -28,6 +31,7 @@ from pipeline.images import DEFAULT_MAX_PIXELS, REDUCING_GAP, RESAMPLE, SkipImag
 _BLOCK = 1 << 16         # pixels converted at a time: cache-sized float32 temporaries
 FORMATS = {"png": ".png", "jpg": ".jpg"}      # output format -> file suffix
 DEFAULT_JPEG_QUALITY = 90
+SOURCE_KEY = "colorize-fcn-source"   # PNG text key, and JPEG comment "<key>=<record>", of an output's input
 
 
 class InputError(Exception):
@@ -146,18 +150,50 @@ def merge_lightness(L_full, ab_small) -> np.ndarray:
     return lab_planes_to_rgb(L_full, ab.cpu().numpy())
 
 
-def save_image(path, rgb, alpha=None, fmt: str = "png", quality: int = DEFAULT_JPEG_QUALITY) -> None:
+def source_record(path) -> str:
+    """What an output records of its input: "<sha256 of its absolute path, 32 hex> <size> <mtime ns>".
+    A digest, not the path: outputs get shared, the folders they were made in need not be.
+    Raises OSError when `path` cannot be stat'ed."""
+    path = Path(path).resolve()
+    st = os.stat(path)
+    digest = hashlib.sha256(os.fsencode(path)).hexdigest()[:32]
+    return f"{digest} {st.st_size} {st.st_mtime_ns}"
+
+
+def recorded_source(path):
+    """The source record an output file holds, or None (none, or not an image).  Reads the
+    headers only: PNG text chunks come before the pixels, as does a JPEG comment."""
+    try:
+        with Image.open(path) as im:
+            if im.format == "PNG":
+                return im.info.get(SOURCE_KEY)
+            comment = im.info.get("comment", b"")
+    except Exception:                                # unreadable: records nothing
+        return None
+    text = comment.decode("latin-1") if isinstance(comment, bytes) else str(comment)
+    key, sep, record = text.partition("=")
+    return record if sep and key == SOURCE_KEY else None
+
+
+def save_image(path, rgb, alpha=None, fmt: str = "png", quality: int = DEFAULT_JPEG_QUALITY,
+               source: str = None, replace: bool = True) -> None:
     """Write (H, W, 3) uint8 RGB atomically as PNG (with `alpha` (H, W) uint8 when given: RGBA)
-    or JPEG (`quality` 1-100; JPEG has no alpha, so `alpha` must be None)."""
+    or JPEG (`quality` 1-100; JPEG has no alpha, so `alpha` must be None).
+    source: a source_record() to store in the file; replace=False: a `path` that exists, or
+    appears while writing, is never replaced (FileExistsError, pipeline.atomic)."""
     im = Image.fromarray(np.asarray(rgb, np.uint8))
     if alpha is not None:
         if fmt != "png":
             raise ValueError(f"{fmt} cannot hold an alpha channel")
         im.putalpha(Image.fromarray(np.asarray(alpha, np.uint8)))
-    with atomic_path(path) as tmp:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown output format {fmt!r}; choose from {sorted(FORMATS)}")
+    with atomic_path(path, replace=replace) as tmp:
         if fmt == "png":
-            im.save(tmp, format="PNG", compress_level=3)
-        elif fmt == "jpg":
-            im.save(tmp, format="JPEG", quality=int(quality))
+            info = PngImagePlugin.PngInfo()
+            if source is not None:
+                info.add_text(SOURCE_KEY, source)
+            im.save(tmp, format="PNG", compress_level=3, pnginfo=info)
         else:
-            raise ValueError(f"unknown output format {fmt!r}; choose from {sorted(FORMATS)}")
+            extra = {"comment": f"{SOURCE_KEY}={source}"} if source is not None else {}
+            im.save(tmp, format="JPEG", quality=int(quality), **extra)

@@ -410,6 +410,7 @@ def test_existing_outputs_are_refused_skipped_or_overwritten(tmp_path, capsys):
         Image.fromarray(_photo()).save(src / f"{name}.png")
     out = tmp_path / "out"
     assert _colorize_here(capsys, run, src, "--out", out)[0] == 0
+    made = (out / "a.png").read_bytes()
     (out / "a.png").write_bytes(b"mine")                     # the user's edit of an output
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     proc = _colorize(run, src, "--out", out)                 # refused before any work
@@ -418,10 +419,13 @@ def test_existing_outputs_are_refused_skipped_or_overwritten(tmp_path, capsys):
     assert len(errors) == 2 and all("exists" in e and "--overwrite" in e for e in errors), proc.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     Image.fromarray(_photo()).save(src / "c.png")
+    code, err = _colorize_here(capsys, run, src, "--out", out, "--skip-existing")   # "mine" records no input
+    assert code == 2 and err.count("error") == 1 and "a.png exists but records no input" in err, err
+    (out / "a.png").write_bytes(made)
     code, err = _colorize_here(capsys, run, src, "--out", out, "--skip-existing")
     assert code == 0 and "error" not in err, err
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png"]
-    assert (out / "a.png").read_bytes() == b"mine" and (out / "b.png").read_bytes() == before["b.png"]
+    assert (out / "a.png").read_bytes() == made and (out / "b.png").read_bytes() == before["b.png"]
     code, err = _colorize_here(capsys, tmp_path / "no-model", src, "--out", out, "--skip-existing")
     assert code == 0 and err == "", err                      # all done: no model to load (or fail on)
     assert _colorize_here(capsys, run, src, "--out", out, "--overwrite")[0] == 0
