@@ -18,13 +18,13 @@ from PIL import Image
 from models.colorizer import Colorizer
 from models.decoders import DEFAULT_DECODER, DEFAULT_TEMPERATURE
 from models.device import resolve_device
-from train.checkpoint import load_checkpoint
+from train.checkpoint import CORRUPT, CheckpointError, load_checkpoint
 
 from .images import as_rgb_image, merge_lightness, prepare
 
 
 class ModelError(Exception):
-    """The model cannot be loaded; the message is one line."""
+    """The model cannot be loaded; the message is one line and starts with the checkpoint file."""
 
 
 def checkpoint_path(model_path) -> Path:
@@ -33,7 +33,7 @@ def checkpoint_path(model_path) -> Path:
     if p.is_dir():
         p = p / "best.pt"
     if not p.is_file():
-        raise ModelError(f"no checkpoint at {p} (give a run folder holding best.pt, or a .pt file)")
+        raise ModelError(f"{p}: no checkpoint file (give a run folder holding best.pt, or a .pt file)")
     return p
 
 
@@ -95,14 +95,19 @@ class ImageColorizer:
 
 def load_colorizer(path, device="auto", warn=None) -> ImageColorizer:
     """Load a run folder's best.pt (or any checkpoint file) weights-only; device 'auto' uses
-    CUDA when present.  Raises ModelError with a one-line message."""
+    CUDA when present.  Raises ModelError with a one-line message naming the file once, or
+    ValueError for a device name that is not one (models.device.check_device)."""
+    dev = resolve_device(device, warn)
     ckpt_file = checkpoint_path(path)
     try:
         ckpt = load_checkpoint(ckpt_file)
-        colorizer = Colorizer.from_checkpoint(ckpt, str(ckpt_file))
-        dev = resolve_device(device, warn)
+    except CheckpointError as e:
+        advice = " (delete it; copy it again or rerun the training that wrote it)" if e.reason == CORRUPT else ""
+        raise ModelError(f"{ckpt_file}: {e.reason or e}{advice}") from None
+    try:
+        colorizer = Colorizer.from_checkpoint(ckpt, str(ckpt_file))     # its messages start with the file
     except (RuntimeError, ValueError) as e:
-        raise ModelError(" ".join(str(e).split()).split(" Please file an issue")[0][:400]) from None
+        raise ModelError(" ".join(str(e).split())[:400]) from None
     return ImageColorizer(colorizer, dev, ckpt.get("iteration"), ckpt.get("max_iteration"), ckpt_file,
                           _run_complete(ckpt_file.parent))
 

@@ -3,7 +3,7 @@
     colorize-fcn colorize --model RUN_DIR_OR_CHECKPOINT INPUT... --out DIR
                           [--format png|jpg] [--quality Q] [--skip-existing | --overwrite]
                           [--size N] [--decoder max|mean|annealed] [--temperature 0.38]
-                          [--batch-size N] [--device auto]
+                          [--batch-size N] [--device auto] [--threads N] [-q]
     colorize-fcn --version
 
 INPUTs are files, folders (searched recursively for image files) and glob
@@ -27,7 +27,8 @@ sets `run` to its command; parsing imports no torch, so --help stays fast.
 import argparse
 import sys
 
-from models.registry import DECODERS, DEFAULT_DECODER, DEFAULT_TEMPERATURE   # no torch: --help stays fast
+from models.device import DEVICE_NAMES, check_device                        # no torch: --help stays fast
+from models.registry import DECODERS, DEFAULT_DECODER, DEFAULT_TEMPERATURE
 
 from . import caches, runs
 
@@ -58,6 +59,13 @@ def _int_in(lo, hi=None):
 
 
 _positive_int = _int_in(1)
+
+
+def _device(text):
+    try:
+        return check_device(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 class _VersionAction(argparse.Action):
@@ -100,8 +108,9 @@ def add_colorize(sub) -> None:
                    help="a training run folder (its best.pt is used) or a checkpoint file")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the colorized images")
     p.add_argument("--format", choices=["png", "jpg"], default="png",
-                   help="output format (default png, which keeps an input's alpha channel; jpg is ~10x "
-                        "smaller and faster to write, and composites transparency on white)")
+                   help="output format (default png, which keeps an input's alpha channel; jpg files are "
+                        "much smaller and faster to write (README: figures), and composite transparency "
+                        "on white)")
     p.add_argument("--quality", type=_int_in(1, 100), default=None,
                    help="JPEG quality 1-100 (--format jpg only; default 90)")
     existing = p.add_mutually_exclusive_group()
@@ -118,7 +127,7 @@ def add_colorize(sub) -> None:
     p.add_argument("--temperature", type=_positive_float, default=DEFAULT_TEMPERATURE,
                    help=f"annealed-mean temperature (default {DEFAULT_TEMPERATURE}, Zhang et al.)")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="images per network batch (default 8)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--device", type=_device, default="auto", help=f"{DEVICE_NAMES} (default auto)")
     p.add_argument("--threads", type=_positive_int, default=4, help="decode/write threads (default 4)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_colorize)
@@ -185,7 +194,7 @@ def cmd_colorize(args) -> int:
     try:
         model = load_colorizer(args.model, args.device, warn=_warn)
     except (ModelError, OSError, ValueError) as e:
-        _say("error", f"cannot load model {args.model}: {' '.join(str(e).split())}")
+        _say("error", f"cannot load model: {' '.join(str(e).split())}")
         return 2
     if not model.finished:
         _warn(f"{model.unfinished_note()}; its colours may improve when training completes")
@@ -230,8 +239,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _silence_pil_size_warning() -> None:
+    """PIL warns (two raw lines on stderr) about images between its soft and hard pixel limits
+    (~89 M and ~179 M pixels); inference.images.read_image applies the limit itself and refuses
+    larger images in one error line, so the warning says nothing the user must act on."""
+    import warnings
+    from PIL import Image
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    _silence_pil_size_warning()                      # after parsing: --help imports no PIL
     return args.func(args)
 
 

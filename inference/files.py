@@ -20,6 +20,7 @@ from models.decoders import DECODERS, DEFAULT_DECODER, DEFAULT_TEMPERATURE
 from pipeline.atomic import TargetExists, temporary_name
 from pipeline.images import is_image_name
 from pipeline.run_inputs import INPUTS_FILE
+from train.runfolder import EARLIER_ATTEMPT
 
 from .api import ImageColorizer
 from .images import (DEFAULT_JPEG_QUALITY, FORMATS, load_image, merge_lightness, one_line, recorded_source,
@@ -27,25 +28,29 @@ from .images import (DEFAULT_JPEG_QUALITY, FORMATS, load_image, merge_lightness,
 
 _GLOB_CHARS = set("*?[")
 
-# What marks the folders the pipeline writes (train.fit, tasks.PrepareRun, inference.evaluate).
-# best.pt alone does not: a checkpoint kept next to one's photos is a common layout.
-_RUN_FILES = (INPUTS_FILE, "done.json")              # any one of them
-_RUN_CHECKPOINT = ("best.pt", "log.csv")             # or both of these
-_EVAL_FILES = ("metrics.json", "report.html")        # both: <run>/eval-<sig>/
+# What marks the folders the pipeline writes (tasks.PrepareRun, train.fit, inference.evaluate).
+# Every rule takes two or more of their files together, so that an ordinary folder holding one
+# common name (done.json, inputs.json, best.pt, metrics.json next to one's photos) is never refused.
+_RUN_RECORDS = (INPUTS_FILE, "done.json")            # one of these (PrepareRun's, a finished fit's) ...
+_RUN_OUTPUTS = tuple(n for n in EARLIER_ATTEMPT if n not in _RUN_RECORDS)   # ... and one train.fit file
+_RUN_CHECKPOINT = ("best.pt", "log.csv")             # or both of these: a run older than inputs.json
+_EVAL_FILES = ("metrics.json", "report.html", "auc.png")    # all: <run>/eval-<sig>/ (inference.report)
 
 
 # ----------------------------------------------------------------------------- inputs
 def pipeline_folder_kind(folder: Path):
-    """'a training run folder (holds X)', 'an evaluation folder (holds ...)' or None."""
+    """'a training run folder (holds X and Y)', 'an evaluation folder (holds ...)' or None.
+    Only files count (a run's tiles/ and tb/ folders are common names)."""
     def has(name):
         return (folder / name).is_file()
-    for name in _RUN_FILES:
-        if has(name):
-            return f"a training run folder (holds {name})"
+    record = next(filter(has, _RUN_RECORDS), None)
+    output = record and next(filter(has, _RUN_OUTPUTS), None)
+    if output:
+        return f"a training run folder (holds {record} and {output})"
     if all(map(has, _RUN_CHECKPOINT)):
         return f"a training run folder (holds {' and '.join(_RUN_CHECKPOINT)})"
     if all(map(has, _EVAL_FILES)):
-        return f"an evaluation folder (holds {' and '.join(_EVAL_FILES)})"
+        return f"an evaluation folder (holds {', '.join(_EVAL_FILES)})"
     return None
 
 

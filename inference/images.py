@@ -26,7 +26,8 @@ from PIL import Image, ImageOps, PngImagePlugin
 
 from pipeline.atomic import atomic_path
 from pipeline.color import lab_planes_to_rgb, lightness_plane, rgb_to_lab
-from pipeline.images import DEFAULT_MAX_PIXELS, REDUCING_GAP, RESAMPLE, SkipImage, has_alpha, to_rgb
+from pipeline.images import (DEFAULT_MAX_PIXELS, REDUCING_GAP, RESAMPLE, SkipImage, check_image_file, has_alpha,
+                             to_rgb)
 
 _BLOCK = 1 << 16         # pixels converted at a time: cache-sized float32 temporaries
 FORMATS = {"png": ".png", "jpg": ".jpg"}      # output format -> file suffix
@@ -70,12 +71,13 @@ def as_rgb_image(image) -> Image.Image:
 
 
 def read_image(path) -> Image.Image:
-    """Any image file -> a decoded PIL image of its own mode, EXIF orientation applied."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError("no such file")
-    if not path.is_file():
-        raise InputError("not a regular file")
+    """Any image file -> a decoded PIL image of its own mode, EXIF orientation applied.
+    Images up to DEFAULT_MAX_PIXELS (PIL's hard limit) are read; PIL warns from half that
+    (DecompressionBombWarning), which the command line silences (inference.cli.main)."""
+    try:
+        check_image_file(path)                       # missing, not a file, empty (0 bytes)
+    except SkipImage as e:
+        raise InputError(e.detail) from None
     try:
         with open(path, "rb") as fh:
             im = Image.open(fh)

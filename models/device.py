@@ -1,27 +1,40 @@
-"""The one device resolver (training, evaluation, colorize and the Python API)."""
+"""The one device resolver (training, evaluation, colorize and the Python API).
+
+Device names are checked without torch (check_device), so the command line can refuse a bad
+--device while parsing; torch is imported when a device is resolved."""
 import contextlib
+import re
 
-import torch
+DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
+_DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
-def resolve_device(device="auto", warn=None) -> torch.device:
+def check_device(name: str) -> str:
+    """`name` when it is auto, cpu, cuda or cuda:N; else ValueError saying which names are."""
+    if not isinstance(name, str) or not _DEVICE_NAME.fullmatch(name):
+        raise ValueError(f"unknown device {name!r}: use {DEVICE_NAMES}")
+    return name
+
+
+def resolve_device(device="auto", warn=None):
     """'auto' -> cuda when available, else cpu; 'cuda'/'cuda:N' without CUDA falls back to
-    the CPU (warn(message) is called); a torch.device passes through."""
-    want = str(device or "auto")
+    the CPU (warn(message) is called); a torch.device passes through.  -> torch.device"""
+    import torch
+    if isinstance(device, torch.device):
+        return device
+    want = check_device(str(device or "auto"))
     if want == "auto":
         want = "cuda" if torch.cuda.is_available() else "cpu"
     elif want.startswith("cuda") and not torch.cuda.is_available():
         if warn:
             warn(f"device {device!r} requested but CUDA is not available: using the CPU")
         want = "cpu"
-    try:
-        return torch.device(want)
-    except RuntimeError:
-        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+    return torch.device(want)
 
 
 def autocast(device):
     """bf16 autocast on CUDA (the network runs in bf16, losses in float32), nothing on CPU."""
+    import torch
     if torch.device(device).type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()

@@ -55,6 +55,7 @@ __all__ = [
     "REASONS",
     "GRAYSCALE_MODES",
     "DEFAULT_MAX_PIXELS",
+    "check_image_file",
     "load_rgb",
     "load_rgb_with_size",
 ]
@@ -141,6 +142,21 @@ class SkipImage(Exception):
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.detail}" if self.detail else self.reason
+
+
+def check_image_file(path) -> None:
+    """The checks made before opening an image file: raises SkipImage "missing",
+    "unreadable", "not_a_file" or "empty", whose detail does not name the file."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise SkipImage("missing", "no such file") from None
+    except OSError as e:
+        raise SkipImage("unreadable", f"cannot stat it: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise SkipImage("not_a_file", "not a regular file")
+    if st.st_size == 0:
+        raise SkipImage("empty", "empty file (0 bytes)")
 
 
 def _check_size(w: int, h: int, max_pixels: int) -> None:
@@ -316,15 +332,9 @@ def load_rgb_with_size(
     path = os.fspath(path)
 
     try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise SkipImage("missing", f"no such file: {path}") from None
-    except OSError as e:
-        raise SkipImage("unreadable", f"cannot stat {path}: {e}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise SkipImage("not_a_file", f"not a regular file: {path}")
-    if st.st_size == 0:
-        raise SkipImage("empty", f"0-byte file: {path}")
+        check_image_file(path)
+    except SkipImage as e:
+        raise SkipImage(e.reason, f"{e.detail}: {path}") from None
 
     try:
         fh = open(path, "rb")

@@ -14,6 +14,9 @@ when checkpoint.pt is missing or unreadable (truncated by a crash or a full disk
 overwritten, ...), and says so in one line.
 """
 import os
+import pickle
+import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -24,7 +27,12 @@ RESUME_KEYS = ("state_dict", "optimizer", "iteration")     # what makes a file a
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint file that cannot be used, or a run folder with no usable one."""
+    """A checkpoint file that cannot be used, or a run folder with no usable one.
+    reason: what is wrong, in one line that does not name the file ('' when not given)."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason
 
 
 def previous_path(path) -> Path:
@@ -55,12 +63,51 @@ def _reason(e: Exception) -> str:
     return " ".join(str(e).split())[:200]
 
 
-def load_checkpoint(path, map_location="cpu") -> dict:
-    """torch.load with weights_only=True; errors (CheckpointError, a RuntimeError) name the file."""
+_ZIP_MAGIC = b"PK\x03\x04"          # torch.save writes a zip archive (<name>/data.pkl + tensors)
+_PICKLE_MAGIC = b"\x80"              # a pickle stream (protocol >= 2): torch.save's legacy format
+CORRUPT = "truncated or corrupt checkpoint"     # a CheckpointError.reason; callers add their own advice
+
+
+def _why_unloadable(path, e: Exception) -> str:
+    """One line saying why torch.load(weights_only=True) failed on `path`, from the file's own
+    bytes: torch's messages are long, cut off mid-sentence, or advise an unsafe load."""
+    if isinstance(e, OSError):
+        return f"cannot read it ({e.strerror or _reason(e)})"
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the path
-        raise CheckpointError(f"cannot load checkpoint {path}: {_reason(e)}") from e
+        with open(path, "rb") as fh:
+            head = fh.read(len(_ZIP_MAGIC))
+    except OSError as err:
+        return f"cannot read it ({err.strerror or _reason(err)})"
+    if not head:
+        return "empty file (0 bytes), not a PyTorch checkpoint"
+    if head == _ZIP_MAGIC:
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError):           # no central directory: cut short
+            return CORRUPT
+        if not any(n.endswith("/data.pkl") for n in names):
+            return "a zip file, not a PyTorch checkpoint"
+        if isinstance(e, pickle.UnpicklingError):
+            return ("a PyTorch file holding more than tensors and plain values: refused, as loading it "
+                    "could run code (a colorize-fcn checkpoint holds only those)")
+        return CORRUPT
+    if head.startswith(_PICKLE_MAGIC):
+        return ("a pickle file, not a weights-only PyTorch checkpoint: refused, as loading it could run code "
+                "(a colorize-fcn checkpoint holds only tensors and plain values)")
+    return "not a PyTorch checkpoint (not a zip/pickle file)"
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """torch.load with weights_only=True; errors (CheckpointError, a RuntimeError) name the file
+    and say in plain words what is wrong with it (CheckpointError.reason, without the file)."""
+    try:
+        with warnings.catch_warnings():      # torch notes a pickle protocol it did not write, then fails
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - re-raised with the path and a plain reason
+        reason = _why_unloadable(path, e)
+        raise CheckpointError(f"cannot load checkpoint {path}: {reason}", reason) from e
 
 
 def _load_resume_point(path) -> dict:
