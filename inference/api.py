@@ -9,7 +9,6 @@ Inputs are PIL images of any mode or uint8 arrays ((H, W) gray, (H, W, 3) RGB,
 (H, W, 4) RGBA), of any size; colour inputs are reduced to their lightness
 first.  Outputs keep the input's full-resolution lightness.
 """
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from models.colorizer import Colorizer
 from models.decoders import DEFAULT_DECODER, DEFAULT_TEMPERATURE
 from models.device import resolve_device
 from train.checkpoint import CORRUPT, CheckpointError, load_checkpoint
+from train.runfolder import read_done
 
 from .images import as_rgb_image, merge_lightness, prepare
 
@@ -108,13 +108,7 @@ def load_colorizer(path, device="auto", warn=None) -> ImageColorizer:
         colorizer = Colorizer.from_checkpoint(ckpt, str(ckpt_file))     # its messages start with the file
     except (RuntimeError, ValueError) as e:
         raise ModelError(" ".join(str(e).split())[:400]) from None
+    done = read_done(ckpt_file.parent)               # the run folder's, when the file is in one
+    complete = done.get("complete") if isinstance(done, dict) else None
     return ImageColorizer(colorizer, dev, ckpt.get("iteration"), ckpt.get("max_iteration"), ckpt_file,
-                          _run_complete(ckpt_file.parent))
-
-
-def _run_complete(folder: Path):
-    """done.json's `complete` in a run folder; None without a readable done.json."""
-    try:
-        return bool(json.loads((folder / "done.json").read_text())["complete"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+                          None if complete is None else bool(complete))

@@ -111,11 +111,12 @@ def collect_inputs(inputs, out_dir, suffix: str = ".png") -> Inputs:
         if p.is_dir():
             if refuse_if_pipeline(p):
                 continue
-            if p.resolve() == skip or skip in p.resolve().parents:
+            folder = p.resolve()
+            if folder == skip or skip in folder.parents:
                 errors.append((raw, "is the output folder (or inside it); its images are not inputs "
                                     "-- choose another --out"))
                 continue
-            found = _folder_images(p.resolve(), skip)
+            found = _folder_images(folder, skip)
             if not found:
                 errors.append((raw, "folder holds no image files"))
             pairs += [(src, rel) for src, rel in found]

@@ -156,17 +156,17 @@ def read_run(run_dir) -> dict:
     cfg = inputs.get("cfg") or config.get("cfg") or {}
     if not inputs and not config:
         problems.append("no inputs.json or config.json")
-    if done is not None:
-        iterations, best = done.get("iterations"), (done.get("best_val_loss"), done.get("best_iteration"))
-    else:
-        iterations, best = _last_iteration(rows), best_from_log(rows)
     finished = done is not None and (run_dir / "best.pt").exists()
     holder = lock_holder(run_dir)
     writing = live_temporaries(run_dir)
     state = ("finished" if finished else "running" if holder or writing
              else "stopped" if rows or (run_dir / "checkpoint.pt").exists() else "prepared")
-    if state == "stopped":             # a rerun resumes from the checkpoint of the last validation
-        iterations = _last_iteration([r for r in rows if r.get("split") == "valid"])
+    if done is not None:
+        iterations, best = done.get("iterations"), (done.get("best_val_loss"), done.get("best_iteration"))
+    else:                              # a stopped run resumes from the checkpoint of its last validation
+        resumes = state == "stopped"
+        iterations = _last_iteration([r for r in rows if r.get("split") == "valid"] if resumes else rows)
+        best = best_from_log(rows)
     evals = evaluations(run_dir)
     return {"run": run_dir.name, "path": str(run_dir), "arch": inputs.get("arch") or config.get("arch"),
             "config": cfg.get("config"), "overrides": overrides_of(cfg) if cfg else None,

@@ -351,6 +351,14 @@ def _photo(h=48, w=64):
     return np.asarray(Image.fromarray(skimage.data.astronaut()).resize((w, h), Image.BICUBIC))
 
 
+def _photo_folder(folder, names) -> Path:
+    """`folder` holding one _photo() PNG per name (<name>.png)."""
+    folder.mkdir()
+    for name in names:
+        Image.fromarray(_photo()).save(folder / f"{name}.png")
+    return folder
+
+
 def test_jpg_format_and_quality(tmp_path, capsys):
     run = fake_run(tmp_path)
     Image.fromarray(_photo(120, 160)).save(tmp_path / "a.png")
@@ -404,10 +412,7 @@ def test_alpha_is_kept_on_png_and_composited_for_jpg(tmp_path):
 
 def test_existing_outputs_are_refused_skipped_or_overwritten(tmp_path, capsys):
     run = fake_run(tmp_path)
-    src = tmp_path / "in"
-    src.mkdir()
-    for name in ("a", "b"):
-        Image.fromarray(_photo()).save(src / f"{name}.png")
+    src = _photo_folder(tmp_path / "in", ("a", "b"))
     out = tmp_path / "out"
     assert _colorize_here(capsys, run, src, "--out", out)[0] == 0
     made = (out / "a.png").read_bytes()

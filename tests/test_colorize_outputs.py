@@ -5,7 +5,6 @@ import errno
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -14,7 +13,7 @@ import inference.files
 from inference.files import collect_inputs
 from pipeline.atomic import TargetExists, atomic_path
 
-from test_colorize import _colorize_here, _photo, fake_run
+from test_colorize import _colorize_here, _photo, _photo_folder, fake_run
 
 
 def _two_photos_named_x(tmp_path):
@@ -57,10 +56,7 @@ def test_skip_existing_keeps_only_outputs_made_from_the_same_input(tmp_path, cap
 
 def test_an_output_that_appears_meanwhile_is_not_replaced(tmp_path, capsys, monkeypatch):
     run = fake_run(tmp_path)
-    src = tmp_path / "in"
-    src.mkdir()
-    for name in ("p", "q"):
-        Image.fromarray(_photo()).save(src / f"{name}.png")
+    src = _photo_folder(tmp_path / "in", ("p", "q"))
     out = tmp_path / "out"
     load = inference.files.load_image
 

@@ -8,6 +8,7 @@ the checkpoint when that holds the best weights, else the run restarts.
 """
 import json
 import shutil
+from pathlib import Path
 
 from .checkpoint import latest_checkpoint, save_checkpoint
 from .runlog import plain
@@ -63,9 +64,10 @@ def _rebuild_best(ckpt, source, best_path, log) -> bool:
     return True
 
 
-def _read_done(run_dir):
+def read_done(run_dir):
+    """A run folder's done.json (the dict fit returned), or None when it is missing or unreadable."""
     try:
-        return json.loads((run_dir / "done.json").read_text())
+        return json.loads((Path(run_dir) / "done.json").read_text())
     except (OSError, ValueError):
         return None
 
@@ -86,8 +88,8 @@ def start_point(run_dir, cfg, settings, log):
             and not _rebuild_best(ckpt, source, best_path, log)
         if best_lost:
             ckpt = None
-        elif complete and _read_done(run_dir) is not None:     # else resumed at the end: writes it
-            return {"checkpoint": None, "done": _read_done(run_dir)}, None
+        elif complete and (done := read_done(run_dir)) is not None:   # else resumed at the end: writes it
+            return {"checkpoint": None, "done": done}, None
         elif not complete:
             (run_dir / "done.json").unlink(missing_ok=True)     # max_iteration raised: not done
     if ckpt is None:
