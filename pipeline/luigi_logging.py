@@ -40,8 +40,8 @@ def debug() -> bool:
 
 # ------------------------------------------------------------------------------ log file
 def _work_dir() -> Path:
-    """[colorize] work_dir as the command line set it.  tasks.colorize is found by name, as
-    pipeline/ does not import tasks.py; where it is not loaded (luigid), luigi.cfg's value."""
+    """[colorize] work_dir as the command line set it.  pipeline.stage.colorize is found by name, as
+    this module is loaded before it; where it is not loaded (luigid), luigi.cfg's value."""
     try:
         return Path(Register.get_task_cls("colorize")().work_dir)
     except Exception:  # noqa: BLE001 - not loaded, or a bad --colorize-* value (the tasks report it)
