@@ -32,9 +32,23 @@ def resolve_device(device="auto", warn=None):
     return torch.device(want)
 
 
-def autocast(device):
-    """bf16 autocast on CUDA (the network runs in bf16, losses in float32), nothing on CPU."""
+def use_bf16(precision, device) -> bool:
+    """Config key `precision` on `device`: 'bf16' (autocast), 'fp32', or 'auto' = bf16 on CUDA only."""
     import torch
-    if torch.device(device).type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return precision == "bf16" or (precision == "auto" and torch.device(device).type == "cuda")
+
+
+def use_channels_last(setting, device) -> bool:
+    """Config key `channels_last` on `device`: 'on', 'off', or 'auto' = on CUDA only."""
+    import torch
+    return setting == "on" or (setting == "auto" and torch.device(device).type == "cuda")
+
+
+def autocast(device, precision="auto"):
+    """bf16 autocast (the network runs in bf16, losses in float32) when use_bf16, else nothing;
+    on the CPU too when precision is 'bf16'."""
+    import torch
+    device = torch.device(device)
+    if use_bf16(precision, device):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

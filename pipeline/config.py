@@ -148,6 +148,13 @@ SCHEMA = dict(
                      "relative to the data term"),
     rebalance=Key(float, 0.0, within(0, 1), "class rebalancing lambda (0 = off; Zhang et al. use 0.5)"),
     seed=Key(int, 0, SEED, "torch / numpy / loader seed, set once per run"),
+    # -- arithmetic (the same model up to rounding; 'auto' picks what suits the device)
+    precision=Key(str, "auto", one_of("auto", "fp32", "bf16"),
+                  "network arithmetic in training and validation: 'bf16' = bf16 autocast (losses "
+                  "and optimiser state stay float32), 'fp32', 'auto' = bf16 on CUDA, fp32 on the CPU"),
+    channels_last=Key(str, "auto", one_of("auto", "on", "off"),
+                      "images and weights in channels-last memory layout (faster convolutions on "
+                      "GPUs): 'on', 'off', 'auto' = on CUDA only"),
     init_config=Key(int, None, ANY, "FCN-16s/8s: config number of the coarser run to start from "
                                     "(null = the same config)", optional=True),
 )

@@ -14,7 +14,8 @@ Errors.  Every failed task -- bad config or dataset found while scheduling, an e
 run(), a worker process that died -- is logged once, as it happens, as one line
 `colorize-fcn: error: <Task>: <Type>: <message>` on the "colorize-fcn" logger; Luigi logs
 the traceback.  A bad command-line value ends the command before any work with the
-scheduling_error exit code and one such line (bad_command_line).
+scheduling_error exit code and one such line (bad_command_line).  A training task stopped by
+a signal ends the command with its own code (train.stop.EXIT_STOPPED), after one line.
 """
 import logging
 import sys
@@ -112,6 +113,26 @@ def _report_complete_error(task):
 @luigi.Task.event_handler(luigi.Event.TIMEOUT)
 def _report_death(task, message):
     report_error(task, message)
+
+
+# ------------------------------------------------------------------------------ stop signals
+_luigi_schedule_and_run = luigi.interface._schedule_and_run
+
+
+def _schedule_and_run(*args, **kwargs):
+    """A task stopped by a signal with its work saved raises a KeyboardInterrupt carrying an
+    exit_code (train.stop.TrainingStopped, after printing its one line): the command ends
+    with that code, without a traceback.  (luigi.interface._run looks this name up when it
+    runs, after `--module tasks` has imported this module.)"""
+    try:
+        return _luigi_schedule_and_run(*args, **kwargs)
+    except KeyboardInterrupt as e:
+        if getattr(e, "exit_code", None) is None:
+            raise
+        raise SystemExit(e.exit_code) from None
+
+
+luigi.interface._schedule_and_run = _schedule_and_run
 
 
 # ------------------------------------------------------------------------------ the command line

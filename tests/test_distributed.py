@@ -118,7 +118,7 @@ def _rank_main(rank, world, port, jobs, out):
             models.fcn.build = _no_dropout_model if job.pop("no_dropout") else real_build
             losses = []
             fit(device=device, log=QUIET, distributed=True,
-                on_step=lambda it, n, loss: losses.append(loss), **job)
+                on_step=lambda it, n, loss: losses.append(ddp.mean_over_ranks(loss)), **job)
             if rank == 0:                               # per-step losses (all-reduced means)
                 (Path(job["run_dir"]) / f"steps-{job.get('stop_after')}.json").write_text(json.dumps(losses))
         models.fcn.build = real_build
@@ -200,7 +200,7 @@ def test_two_processes_match_one_process_at_the_same_global_batch(runs, tmp_path
     torch.set_num_threads(1)                # as the ranks; also much faster on a busy 2-core machine
     try:
         fit(tmp_path / "single", _inputs(data, cfg, "fcn32s"), device="cpu", log=QUIET,
-            on_step=lambda it, n, loss: steps.append(loss))
+            on_step=lambda it, n, loss: steps.append(float(loss)))
     finally:
         torch.set_num_threads(threads)
     ddp, single = root / "ddp-nodrop", tmp_path / "single"

@@ -110,17 +110,48 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise CheckpointError(f"cannot load checkpoint {path}: {reason}", reason) from e
 
 
-def _load_resume_point(path) -> dict:
+def _load_resume_point(path, check=None) -> dict:
     ckpt = load_checkpoint(path)
     missing = [k for k in RESUME_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise CheckpointError(f"{path} is not a resume checkpoint (no {', '.join(missing)})")
+    reason = check(ckpt) if check is not None else None
+    if reason:
+        raise CheckpointError(f"cannot load checkpoint {path}: {reason}", reason)
     return ckpt
 
 
-def latest_checkpoint(path, log=print):
-    """(checkpoint dict, the file it came from) of the newest readable resume point among
-    `path` and previous_path(path); (None, None) when neither file exists.  Falling back to
+def _shape(value):
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def shape_problem(ckpt, model_shapes: dict, param_shapes: list):
+    """Why the tensors of resume checkpoint `ckpt` cannot be the model's (one line), or None.
+    model_shapes: {state_dict name: shape}; param_shapes: the optimiser's parameters' shapes,
+    in order (its per-parameter state, e.g. Adam's averages, has the parameter's shape)."""
+    state = ckpt["state_dict"]
+    if not isinstance(state, dict) or set(state) != set(model_shapes):
+        return "its state_dict does not hold the model's tensors"
+    for name, shape in model_shapes.items():
+        if _shape(state[name]) != tuple(shape):
+            return f"tensor {name} has shape {_shape(state[name])}, the model's is {tuple(shape)}"
+    per_param = ckpt["optimizer"].get("state", {}) if isinstance(ckpt["optimizer"], dict) else None
+    if not isinstance(per_param, dict):
+        return "its optimiser state is not a dict"
+    for index, values in per_param.items():
+        if not (isinstance(index, int) and 0 <= index < len(param_shapes)) or not isinstance(values, dict):
+            return f"its optimiser state has no parameter {index!r}"
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and _shape(value) != tuple(param_shapes[index]):
+                return (f"optimiser state {key} of parameter {index} has shape {_shape(value)}, "
+                        f"the parameter's is {tuple(param_shapes[index])}")
+    return None
+
+
+def latest_checkpoint(path, log=print, check=None):
+    """(checkpoint dict, the file it came from) of the newest usable resume point among
+    `path` and previous_path(path); (None, None) when neither file exists.  check(ckpt): why
+    a loaded checkpoint cannot be used (e.g. shape_problem), or None.  Falling back to
     the previous file is logged in one line, and an unreadable `path` is then deleted (else
     the next save would rotate it into the previous file's place); when files exist but none is readable, a
     one-line CheckpointError says which to delete (the run then restarts from iteration 0:
@@ -130,7 +161,7 @@ def latest_checkpoint(path, log=print):
     failures = []
     for p in candidates:
         try:
-            ckpt = _load_resume_point(p)
+            ckpt = _load_resume_point(p, check)
         except CheckpointError as e:
             failures.append(e)
             continue

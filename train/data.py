@@ -31,6 +31,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pipeline.shards import ShardError, decode_lab
 
+from .stop import quiet_worker
+
 #: Shards a shuffled epoch reads from at a time (EpochSampler, shard_local_order).  Larger mixes
 #: each stretch of samples over more shards, at the cost of more open files per process.
 SHARD_WINDOW = 32
@@ -265,6 +267,7 @@ class EpochSampler(Sampler):
 
 
 def _worker_init(worker_id):
+    quiet_worker()           # ends with the main process, which alone decides on signals (train.stop)
     # torch seeds each worker with base_seed + worker_id (base_seed from the loader's
     # generator); derive numpy's and python's from it so any library drawing from them
     # inside a worker is reproducible too.

@@ -9,6 +9,12 @@ optimiser, iteration, epoch and position inside it, best loss and every RNG are
 restored, log rows written after the checkpoint are dropped, and the run ends at
 the same weights an uninterrupted run reaches (on CPU).
 
+A first SIGINT/SIGTERM ends the session after the current step: checkpoint.pt is written at
+that iteration (with the train row's sums so far, so the resumed run logs what an
+uninterrupted one does), one line is printed and train.stop.TrainingStopped is raised; a
+second signal ends the process at once (train/stop.py).  No host sync per step: the loss and
+the confusion counts stay on the device, read back every LOG_EVERY steps and at validation.
+
 One writer per run folder, fresh starts start fresh (README "One writer per run folder"):
   - fit holds an exclusive lock on the run folder (pipeline.runlock, <run>/.lock) from
     start to end; a second fit on it waits (or, wait=False, fails naming the holder),
@@ -37,8 +43,9 @@ Run folder:
   config.json        resolved cfg, arch, data sizes, git revision + dirty flag
   log.csv            train.runlog.LOG_COLUMNS
   .lock              held by the process training the run (its host, pid, start time)
-  checkpoint.pt      latest validation: everything needed to resume
-  checkpoint.prev.pt the validation before (resume point when checkpoint.pt is unreadable)
+  checkpoint.pt      latest validation (or stop signal): everything needed to resume
+  checkpoint.prev.pt the one before (resume point when checkpoint.pt is unreadable); removed
+                     once done.json is written
   best.pt            lowest validation loss so far: the Colorizer (settings + weights)
   tb/                TensorBoard events
   tiles/iterNNNNNN.jpg   colour | target clusters | gray | predicted clusters | decoded colour
@@ -56,25 +63,26 @@ import numpy as np
 import torch
 
 from models.colorizer import Colorizer
-from models.device import autocast, resolve_device
+from models.device import autocast, resolve_device, use_channels_last
 from models.fcn import init_from_fcn, load_vgg16_bn_weights
 from pipeline.atomic import remove_stale_temporaries, write_text_atomic
 from pipeline.progress import Progress
 from pipeline.runlock import RunLock
 
 from . import ddp
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, previous_path, save_checkpoint
 from .data import ShardDataset, make_loader
 from .loss import kl_loss
 from .metrics import ConfusionMeter
 from .rng import rng_states, seed_everything, set_rng_states
 from .runfolder import start_point
 from .runlog import append_rows, git_info, plain, truncate_log, write_config
+from .stop import StopRequest, TrainingStopped, stop_signals, stopped_message
 from .visual import plot_curves, save_jpeg, validation_tiles
 
 N_VISUAL = 4                  # validation images drawn in each tile image
 SCORE_KEYS = ("loss", "acc", "acc_cls", "mean_iu", "fwavacc")
-LOSS_SMOOTHING = 0.98         # the progress line's loss: an exponential moving average (~50 steps)
+LOG_EVERY = 10                # steps between read-backs of the training loss (nanoGPT's log_interval)
 
 
 @dataclass
@@ -89,13 +97,49 @@ class TrainState:
     position: int = 0                     # images of that epoch consumed (all ranks together)
     images: int = 0                       # images trained on in this session
     stop: bool = False                    # set to end the session after the current step
-    loss_sum: float = 0.0                 # summed step losses since the last validation
-    steps: int = 0                        # steps since the last validation
+    loss_sum: torch.Tensor = None         # summed step losses since the last validation (this rank's,
+    steps: int = 0                        # float64 on the device) and the steps since then
+    precision: str = "auto"               # config keys precision and channels_last (models.device)
+    channels_last: str = "auto"
+    log_every: int = LOG_EVERY            # steps between read-backs of the loss (read_back)
+    window: tuple = (0.0, 0)              # (loss sum over ranks / ranks, steps) at the last read-back
+    window_loss: float = None             # mean loss of the steps between the last two read-backs
+    signals: StopRequest = None           # this process's stop request (train.stop), None: not watched
+    signalled: bool = False               # a signal (on any rank) ends this session
+    saved_iteration: int = None           # iteration of the newest checkpoint.pt
     best_loss: float = None               # lowest validation loss so far ...
     best_iteration: int = None            # ... and where
     last_val: dict = None                 # the latest validation row
     elapsed_before: float = 0.0           # seconds spent in earlier sessions of this run
     loader_rng: torch.Tensor = field(default=None, repr=False)   # loader generator at epoch start
+
+    def __post_init__(self):
+        if self.loss_sum is None:
+            self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.meter.hist.device)
+
+    def read_back(self) -> None:
+        """The one host read of training, every log_every steps: window_loss, the mean loss since
+        the last read-back (over all ranks); distributed, also whether any rank got a stop
+        signal, so that all ranks stop together at this iteration."""
+        if self.world_size > 1:
+            flag = float(self.signals is not None and self.signals.requested)
+            both = ddp.all_reduce_(torch.stack([self.loss_sum, self.loss_sum.new_tensor(flag)]))
+            total, flags = both.tolist()
+            total /= self.world_size
+            if flags:
+                self.signalled = self.stop = True
+        else:
+            total = self.loss_sum.item()
+        before, steps_before = self.window
+        if self.steps > steps_before:
+            self.window_loss = (total - before) / (self.steps - steps_before)
+        self.window = (total, self.steps)
+
+    def stopping(self) -> bool:
+        """state.stop, set by stop_after, a distributed read_back, or (one process) a signal."""
+        if self.world_size == 1 and self.signals is not None and self.signals.requested:
+            self.signalled = self.stop = True
+        return self.stop
 
 
 def is_better(val_loss, best_loss) -> bool:
@@ -114,10 +158,10 @@ def make_optimizer(model, cfg):
     raise ValueError(f"optim must be 'adam' or 'sgd', got {cfg['optim']!r}")
 
 
-def _to_device(x, target, device):
+def _to_device(x, target, device, channels_last="auto"):
     cuda = device.type == "cuda"
     x = x.to(device, non_blocking=cuda)
-    if cuda:
+    if use_channels_last(channels_last, device):
         x = x.contiguous(memory_format=torch.channels_last)
     return x, target.to(device, non_blocking=cuda)
 
@@ -126,20 +170,22 @@ def _to_device(x, target, device):
 def train_one_epoch(model, loader, optimizer, device, state: TrainState, max_iteration: int,
                     on_step=None) -> int:
     """Train on the rest of the current epoch (loader.sampler already positioned), stopping
-    early at max_iteration steps or when state.stop is set.
+    early at max_iteration steps or when state.stopping().
 
-    Per step: state.iteration += 1, state.position += the global batch, the step's loss
-    (the mean over ranks) and this rank's confusion matrix are accumulated into state,
-    then on_step(iteration, max_iteration, loss) is called (fit validates and checkpoints
-    from there).  When the epoch is exhausted, state.epoch += 1 and state.position = 0.
+    Per step: state.iteration += 1, state.position += the global batch, this rank's loss
+    and confusion matrix are accumulated into state ON THE DEVICE (no host sync: the loss
+    is read back every state.log_every steps and at max_iteration, state.read_back), then
+    on_step(iteration, max_iteration, loss) is called, loss a 0-dim tensor on the device
+    (this rank's; float(loss) reads it back) -- fit validates and checkpoints from there.
+    When the epoch is exhausted, state.epoch += 1 and state.position = 0.
     Returns the number of steps taken."""
     steps = 0
     for x, target in loader:
-        if state.iteration >= max_iteration or state.stop:
+        if state.iteration >= max_iteration or state.stopping():
             return steps
         model.train()                                     # on_step may have run an evaluation
-        x, target = _to_device(x, target, device)
-        with autocast(device):
+        x, target = _to_device(x, target, device, state.channels_last)
+        with autocast(device, state.precision):
             scores = model(x)
         loss, labels = kl_loss(scores, target, state.class_weights, return_labels=True,
                                reduction=state.kl_reduction)
@@ -150,13 +196,15 @@ def train_one_epoch(model, loader, optimizer, device, state: TrainState, max_ite
         state.iteration += 1
         state.position += x.shape[0] * state.world_size
         state.images += x.shape[0] * state.world_size
-        loss_value = loss.item() if state.world_size == 1 else ddp.mean_over_ranks(loss)
-        state.loss_sum += loss_value
+        loss = loss.detach()
+        state.loss_sum += loss
         state.steps += 1
         state.meter.update(scores.detach(), labels)
+        if state.iteration % state.log_every == 0 or state.iteration == max_iteration:
+            state.read_back()
         if on_step is not None:
-            on_step(state.iteration, max_iteration, loss_value)
-        if state.iteration >= max_iteration or state.stop:
+            on_step(state.iteration, max_iteration, loss)
+        if state.iteration >= max_iteration or state.stopping():
             return steps
     state.epoch += 1
     state.position = 0
@@ -165,13 +213,13 @@ def train_one_epoch(model, loader, optimizer, device, state: TrainState, max_ite
 
 @torch.inference_mode()
 def evaluate(model, loader, device, n_classes, class_weights=None, all_reduce=False,
-             reduction="sum_k") -> dict:
+             reduction="sum_k", precision="auto", channels_last="auto") -> dict:
     """Eval-mode loss and scores over every image of `loader`:
     dict(loss, acc, acc_cls, mean_iu, fwavacc), loss = mean KL over all pixels.
     all_reduce: `loader` holds this rank's share of the split; the loss sums, image counts
     and confusion matrices of all ranks are summed (every rank gets the split's scores).
     Pass the bare model, not a DistributedDataParallel wrapper (ranks may hold unequal
-    shares, so no collective may run per batch)."""
+    shares, so no collective may run per batch).  precision, channels_last: config keys."""
     was_training = model.training
     model.eval()
     meter = ConfusionMeter(n_classes, device)
@@ -180,8 +228,8 @@ def evaluate(model, loader, device, n_classes, class_weights=None, all_reduce=Fa
     if hasattr(loader.sampler, "set_epoch"):
         loader.sampler.set_epoch(0)
     for x, target in loader:
-        x, target = _to_device(x, target, device)
-        with autocast(device):
+        x, target = _to_device(x, target, device, channels_last)
+        with autocast(device, precision):
             scores = model(x)
         loss, labels = kl_loss(scores, target, class_weights, return_labels=True, reduction=reduction)
         total += loss.double() * x.shape[0]
@@ -202,10 +250,12 @@ def validate(colorizer, val_loader, device, state: TrainState) -> dict:
     train accumulators."""
     if state.world_size > 1:
         ddp.all_reduce_(state.meter.hist)
-    train_row = {"loss": state.loss_sum / max(state.steps, 1), **state.meter.scores()}
+        ddp.all_reduce_(state.loss_sum)
+    train_row = {"loss": state.loss_sum.item() / max(state.steps * state.world_size, 1), **state.meter.scores()}
     val_row = evaluate(colorizer, val_loader, device, colorizer.n_classes, all_reduce=state.world_size > 1,
-                       reduction=state.kl_reduction)
-    state.loss_sum, state.steps = 0.0, 0
+                       reduction=state.kl_reduction, precision=state.precision, channels_last=state.channels_last)
+    state.loss_sum.zero_()
+    state.steps, state.window = 0, (0.0, 0)
     state.meter.reset()
     state.last_val = dict(val_row)
     return {"train": train_row, "valid": val_row}
@@ -245,6 +295,13 @@ def _restore(resume, state, colorizer, optimizer, train_loader, seed, rank, log)
     state.iteration, state.epoch, state.position = resume["iteration"], resume["epoch"], resume["position"]
     state.best_loss, state.best_iteration = resume["best_loss"], resume["best_iteration"]
     state.last_val, state.elapsed_before = resume["last_val"], resume["elapsed_s"]
+    state.saved_iteration = state.iteration
+    since = resume.get("since_validation")        # a checkpoint written on a stop signal
+    if since is not None:                         # the train row's sums, all ranks' on rank 0
+        state.steps, state.window = since["steps"], (since["loss_sum"], since["steps"])
+        if rank == 0:
+            state.loss_sum.fill_(since["loss_sum"] * state.world_size)
+            state.meter.hist.copy_(since["hist"])
     if state.world_size > 1:
         ddp.restore_rng(resume, seed, rank, state.world_size, train_loader.generator, log)
     else:
@@ -290,14 +347,15 @@ def fit(run_dir, inputs, device="auto", loader_workers=0, log=print, on_step=Non
     lock = RunLock(run_dir, log=log, hold=rank == 0)
     lock.acquire(wait, agree=ddp.from_rank0 if world_size > 1 else None)
     try:
-        return _fit_locked(run_dir, inputs, device, loader_workers, log, on_step, stop_after,
-                           rank, world_size, sync_bn)
+        with stop_signals() as signals:
+            return _fit_locked(run_dir, inputs, device, loader_workers, log, on_step, stop_after,
+                               rank, world_size, sync_bn, signals)
     finally:
         lock.release()
 
 
 def _fit_locked(run_dir, inputs, device, loader_workers, log, on_step, stop_after, rank, world_size,
-                sync_bn) -> dict:
+                sync_bn, signals) -> dict:
     cfg, t_session = inputs.cfg, time.time()
     if rank == 0:
         remove_stale_temporaries(run_dir)
@@ -310,7 +368,9 @@ def _fit_locked(run_dir, inputs, device, loader_workers, log, on_step, stop_afte
     kept = {}                                              # rank 0's checkpoint dict, loaded once
 
     def decide():
-        start, kept["resume"] = start_point(run_dir, cfg, settings, log)
+        shapes = ({k: tuple(v.shape) for k, v in colorizer.state_dict().items()},
+                  [tuple(p.shape) for p in colorizer.parameters() if p.requires_grad])   # make_optimizer's
+        start, kept["resume"] = start_point(run_dir, cfg, settings, log, shapes)
         return start
     start = ddp.on_rank0(decide, rank, world_size)
     if start["done"] is not None:
@@ -350,14 +410,16 @@ def _fit_locked(run_dir, inputs, device, loader_workers, log, on_step, stop_afte
     if world_size > 1 and sync_bn:
         colorizer = ddp.convert_sync_batchnorm(colorizer, device)
     colorizer.to(device)
-    if cuda:
+    precision, channels_last = cfg.get("precision", "auto"), cfg.get("channels_last", "auto")
+    if use_channels_last(channels_last, device):
         colorizer.to(memory_format=torch.channels_last)
     train_model = ddp.wrap(colorizer, device) if world_size > 1 else colorizer   # colorizer: the bare module
     optimizer = make_optimizer(colorizer, cfg)
     if world_size > 1:
         ddp.seed_rank(seed, rank, 0)                       # own dropout masks on every rank
     state = TrainState(meter=ConfusionMeter(n_classes, device), world_size=world_size,
-                       class_weights=class_weights, kl_reduction=cfg["kl_reduction"])
+                       class_weights=class_weights, kl_reduction=cfg["kl_reduction"],
+                       precision=precision, channels_last=channels_last, signals=signals)
     resumed_from = None
     if resume is not None:
         _restore(resume, state, colorizer, optimizer, train_loader, seed, rank, log)
@@ -384,6 +446,27 @@ def _fit_locked(run_dir, inputs, device, loader_workers, log, on_step, stop_afte
         progress = Progress(max_iteration, "train", start=state.iteration, unit=" it/s")
     timing = {"val_s": 0.0}
 
+    def payload(it, elapsed, val):
+        """best.pt's dict (checkpoint.pt adds save_resume_point's keys)."""
+        return {"settings": settings, "state_dict": colorizer.state_dict(), "arch": inputs.arch,
+                "cfg": plain(cfg), "iteration": it, "max_iteration": max_iteration, "epoch": state.epoch,
+                "position": state.position, "best_loss": state.best_loss,
+                "best_iteration": state.best_iteration, "last_val": state.last_val,
+                "elapsed_s": elapsed, "val": val}
+
+    def rng_for_checkpoint():
+        """Every rank (a gather when distributed): (rng, rng_ranks) for save_resume_point."""
+        rng = rng_states(train_loader.generator)
+        rng["loader"] = state.loader_rng          # the loader generator as it was at the epoch's start
+        return rng, ddp.gather_rng(rng) if world_size > 1 else None
+
+    def save_resume_point(ckpt, rng, rng_ranks):
+        """Rank 0: checkpoint.pt (the previous one becomes checkpoint.prev.pt)."""
+        ckpt.update(optimizer=optimizer.state_dict(), rng=rng)   # train.runfolder.RESUME_ONLY keys
+        if rng_ranks is not None:                     # every rank's RNGs (dropout), rank 0's = rng
+            ckpt["rng_ranks"] = rng_ranks
+        save_checkpoint(ckpt_path, ckpt, keep_previous=True)
+
     def record(rows):
         """Rank 0: log rows, TensorBoard, tiles, best.pt, checkpoint.pt (in that order)."""
         it, lr = state.iteration, optimizer.param_groups[0]["lr"]
@@ -391,9 +474,8 @@ def _fit_locked(run_dir, inputs, device, loader_workers, log, on_step, stop_afte
         best = is_better(rows["valid"]["loss"], state.best_loss)
         if best:
             state.best_loss, state.best_iteration = rows["valid"]["loss"], it
-        rng = rng_states(train_loader.generator)
-        rng["loader"] = state.loader_rng          # the loader generator as it was at the epoch's start
-        rng_ranks = ddp.gather_rng(rng) if world_size > 1 else None
+        rng, rng_ranks = rng_for_checkpoint()
+        state.saved_iteration = it
         if rank != 0:
             return
         common = {"iteration": it, "epoch": state.epoch, "lr": lr, "elapsed_s": round(elapsed, 3)}
@@ -406,17 +488,10 @@ def _fit_locked(run_dir, inputs, device, loader_workers, log, on_step, stop_afte
         save_jpeg(run_dir / "tiles" / f"iter{it:06d}.jpg", grid)
         writer.add_image("tiles", grid, it, dataformats="HWC")
         writer.flush()
-        payload = {"settings": settings, "state_dict": colorizer.state_dict(), "arch": inputs.arch,
-                   "cfg": plain(cfg), "iteration": it, "max_iteration": max_iteration, "epoch": state.epoch,
-                   "position": state.position, "best_loss": state.best_loss,
-                   "best_iteration": state.best_iteration, "last_val": state.last_val,
-                   "elapsed_s": elapsed, "val": dict(rows["valid"])}
+        ckpt = payload(it, elapsed, dict(rows["valid"]))
         if best:                                      # best.pt first: see the module docstring
-            save_checkpoint(best_path, payload)
-        payload.update(optimizer=optimizer.state_dict(), rng=rng)   # train.runfolder.RESUME_ONLY keys
-        if rng_ranks is not None:                     # every rank's RNGs (dropout), rank 0's = rng
-            payload["rng_ranks"] = rng_ranks
-        save_checkpoint(ckpt_path, payload, keep_previous=True)
+            save_checkpoint(best_path, ckpt)
+        save_resume_point(ckpt, rng, rng_ranks)
         v = rows["valid"]
         progress.note(f"valid iteration {it}/{max_iteration}: loss {v['loss']:.4f}, mean IoU {v['mean_iu']:.3f}, "
                       f"pixel acc {v['acc']:.3f}" + ("  (new best)" if best else
@@ -424,13 +499,32 @@ def _fit_locked(run_dir, inputs, device, loader_workers, log, on_step, stop_afte
         if it >= max_iteration and state.best_loss is not None:
             _log_hparams(writer, cfg, state.best_loss, it)
 
-    smoothed = {}
+    def save_on_stop():
+        """Every rank: a stop signal ended the session between validations.  checkpoint.pt at
+        this iteration (unless one is there already), holding the sums of the train row since
+        the last validation (all ranks' on rank 0), then TrainingStopped with the line printed."""
+        it = state.iteration
+        if state.saved_iteration != it and it > 0:
+            if world_size > 1:
+                ddp.all_reduce_(state.loss_sum)
+                ddp.all_reduce_(state.meter.hist)
+            rng, rng_ranks = rng_for_checkpoint()
+            if rank == 0:
+                ckpt = payload(it, state.elapsed_before + time.time() - t_session, state.last_val)
+                ckpt["since_validation"] = {"loss_sum": state.loss_sum.item() / world_size,
+                                            "steps": state.steps, "hist": state.meter.hist.cpu()}
+                save_resume_point(ckpt, rng, rng_ranks)
+            state.saved_iteration = it
+        message = stopped_message(it, saved=state.saved_iteration is not None)
+        log(message)
+        if world_size > 1:
+            ddp.barrier()          # torchrun ends every rank when one exits: not before rank 0 wrote
+        raise TrainingStopped(message, it)
 
     def step_hook(iteration, max_it, loss):
         if progress is not None:
-            ema = smoothed.get("loss")
-            smoothed["loss"] = loss if ema is None else LOSS_SMOOTHING * ema + (1 - LOSS_SMOOTHING) * loss
-            progress.update(1, f"loss {smoothed['loss']:.4f} (smoothed)")
+            progress.update(1, "" if state.window_loss is None else
+                            f"loss {state.window_loss:.4f} (mean of recent steps)")
         if on_step is not None:
             on_step(iteration, max_it, loss)
         if iteration % interval == 0 or iteration == max_it:
@@ -442,7 +536,7 @@ def _fit_locked(run_dir, inputs, device, loader_workers, log, on_step, stop_afte
 
     t_loop, start_iteration, empty_epochs = time.time(), state.iteration, 0
     try:
-        while state.iteration < max_iteration and not state.stop:
+        while state.iteration < max_iteration and not state.stopping():
             if stop_after is not None and state.iteration >= stop_after:
                 break
             state.loader_rng = train_loader.generator.get_state()    # before iter(): worker seeds
@@ -452,6 +546,8 @@ def _fit_locked(run_dir, inputs, device, loader_workers, log, on_step, stop_afte
             empty_epochs = 0 if steps else empty_epochs + 1
             if empty_epochs > 1:
                 raise RuntimeError("the training loader yields no batches")
+        if state.signalled and state.iteration < max_iteration:
+            save_on_stop()
     finally:
         if rank == 0:
             progress.close()
@@ -470,6 +566,7 @@ def _fit_locked(run_dir, inputs, device, loader_workers, log, on_step, stop_afte
               "resumed_from": resumed_from, "complete": complete, "run_dir": str(run_dir)}
     if complete and rank == 0:
         write_text_atomic(run_dir / "done.json", json.dumps(plain(result), indent=2) + "\n")
+        previous_path(ckpt_path).unlink(missing_ok=True)   # finished: best.pt + one resume point
         log(f"done: {state.iteration} iterations, best val loss {state.best_loss} at iteration "
             f"{state.best_iteration}" + (f", {result['images_per_s']:.1f} images/s" if done else ""))
     if world_size > 1:

@@ -1,7 +1,7 @@
 """Segmentation scores of argmax cluster labels, as in the FCN reference.
 
-A confusion matrix hist[true, pred] is accumulated (torch.bincount, on the
-device) over a whole split; the four scores are computed from it at the end,
+A confusion matrix hist[true, pred] is accumulated (index_add_, on the device,
+without a host sync) over a whole split; the four scores are computed from it at the end,
 so they are exact over the split rather than averages of per-batch scores.
 
 Scores follow label_accuracy_score of the FCN reference:
@@ -26,7 +26,10 @@ def confusion_matrix(pred, target, n_classes: int) -> torch.Tensor:
     target = target.reshape(-1).long()
     if pred.shape != target.shape:
         raise ValueError(f"pred has {pred.numel()} labels, target {target.numel()}")
-    return torch.bincount(target * n_classes + pred, minlength=n_classes ** 2).view(n_classes, n_classes)
+    # index_add_ into a fixed-size tensor: torch.bincount on CUDA reads the largest index
+    # back to size its output, a host sync per call (per training step)
+    hist = torch.zeros(n_classes * n_classes, dtype=torch.int64, device=pred.device)
+    return hist.index_add_(0, target * n_classes + pred, torch.ones_like(pred)).view(n_classes, n_classes)
 
 
 def scores(hist) -> dict:

@@ -10,7 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
-from .checkpoint import latest_checkpoint, save_checkpoint
+from .checkpoint import latest_checkpoint, save_checkpoint, shape_problem
 from .runlog import plain
 
 # cfg keys that may change between a run and its resumption (extend / re-space a run);
@@ -20,7 +20,7 @@ RESUMABLE_CHANGES = ("max_iteration", "interval_validate", "config", "init_confi
 # done.json first (see _clear_earlier_attempt); eval-* folders (Evaluate of the old best.pt) too
 EARLIER_ATTEMPT = ("done.json", "best.pt", "checkpoint.pt", "checkpoint.prev.pt", "log.csv", "loss.png",
                    "iou.png", "tiles", "tb")
-RESUME_ONLY = ("optimizer", "rng", "rng_ranks")   # checkpoint.pt keys that best.pt does not hold
+RESUME_ONLY = ("optimizer", "rng", "rng_ranks", "since_validation")   # checkpoint.pt keys best.pt lacks
 
 
 def check_resume(ckpt, cfg, settings):
@@ -72,11 +72,17 @@ def read_done(run_dir):
         return None
 
 
-def start_point(run_dir, cfg, settings, log):
+def start_point(run_dir, cfg, settings, log, shapes=None):
     """Rank 0, holding the run folder's lock: where this session starts.  Returns
     ({"checkpoint": file to resume from or None (iteration 0), "done": the finished
-    result when there is nothing to train, else None}, the checkpoint dict or None)."""
-    ckpt, source = latest_checkpoint(run_dir / "checkpoint.pt", log)
+    result when there is nothing to train, else None}, the checkpoint dict or None).
+    shapes: (model shapes, optimiser parameter shapes), see checkpoint.shape_problem: a
+    checkpoint of this run whose tensors differ is corrupt (the previous one is used)."""
+    def check(ckpt):          # another run's checkpoint is refused by check_resume below
+        if shapes is not None and ckpt.get("settings") == settings:
+            return shape_problem(ckpt, *shapes)
+        return None
+    ckpt, source = latest_checkpoint(run_dir / "checkpoint.pt", log, check)
     best_path = run_dir / "best.pt"
     if ckpt is not None:
         check_resume(ckpt, cfg, settings)

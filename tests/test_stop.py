@@ -1,0 +1,210 @@
+"""Stopping and resuming training: a stop signal saves the current step and the same command
+resumes; a second signal stops at once; luigi ends with EXIT_STOPPED and one line; loader
+workers die with their process; a finished run keeps one resume checkpoint; a checkpoint with
+wrong-shaped tensors falls back to the previous one; bf16 autocast + channels_last on the CPU.
+
+CPU only and small: 32x32 images, K=4, width 1/16 (tests/test_train.py's shards)."""
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from test_train import PHOTOS, _build_shards, _cfg, _inputs
+from train.checkpoint import load_checkpoint, save_checkpoint
+from train.fit import fit
+from train.stop import EXIT_STOPPED, StopRequest, TrainingStopped, stop_signals
+
+REPO = Path(__file__).resolve().parents[1]
+QUIET = lambda *a: None  # noqa: E731
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+STOPPED = re.compile(r"stopped at iteration (\d+); checkpoint written; the same command resumes")
+
+
+@pytest.fixture(scope="module")
+def photos6(tmp_path_factory):
+    return _build_shards(tmp_path_factory.mktemp("photos6"), PHOTOS, factor=2)
+
+
+def _rows(run):
+    with open(run / "log.csv", newline="") as f:
+        return [(int(r["iteration"]), r["split"], r["loss"], r["mean_iu"]) for r in csv.DictReader(f)]
+
+
+def _same_weights(a, b):
+    a, b = load_checkpoint(a)["state_dict"], load_checkpoint(b)["state_dict"]
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------- in process
+def test_a_stop_signal_saves_the_current_step_and_the_run_resumes_to_the_same_end(tmp_path, photos6):
+    cfg = _cfg(max_iteration=12, interval_validate=5)
+    full = fit(tmp_path / "full", _inputs(photos6, cfg), device="cpu", log=QUIET)
+    run, lines = tmp_path / "stopped", []
+
+    def sigterm_at_7(iteration, total, loss):
+        if iteration == 7:
+            os.kill(os.getpid(), signal.SIGTERM)            # as a cluster's preemption would
+    with pytest.raises(TrainingStopped) as stopped:
+        fit(run, _inputs(photos6, cfg), device="cpu", log=lines.append, on_step=sigterm_at_7)
+    assert stopped.value.iteration == 7 and stopped.value.exit_code == EXIT_STOPPED == 75
+    assert lines[-1] == str(stopped.value) == "stopped at iteration 7; checkpoint written; the same command resumes"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL          # handlers restored
+    ckpt = load_checkpoint(run / "checkpoint.pt")
+    assert ckpt["iteration"] == 7 and ckpt["since_validation"]["steps"] == 2
+    assert load_checkpoint(run / "checkpoint.prev.pt")["iteration"] == 5
+    assert [r[0] for r in _rows(run)] == [5, 5]
+
+    seen = []
+    resumed = fit(run, _inputs(photos6, cfg), device="cpu", log=QUIET,
+                  on_step=lambda it, total, loss: seen.append(it))
+    assert seen == list(range(8, 13)) and resumed["resumed_from"] == 7 and resumed["iterations"] == 12
+    assert _rows(run) == _rows(tmp_path / "full")            # train rows too: the sums were saved
+    assert _same_weights(run / "checkpoint.pt", tmp_path / "full" / "checkpoint.pt")
+    assert resumed["best_val_loss"] == full["best_val_loss"]
+    # a finished run keeps best.pt and ONE resume checkpoint
+    for folder in (run, tmp_path / "full"):
+        assert (folder / "done.json").exists() and (folder / "best.pt").exists()
+        assert (folder / "checkpoint.pt").exists() and not (folder / "checkpoint.prev.pt").exists()
+
+
+def test_a_second_signal_stops_at_once(monkeypatch):
+    killed = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: killed.append((pid, sig)))
+    with stop_signals() as request:
+        assert isinstance(request, StopRequest) and not request.requested
+        request.handle(signal.SIGINT, None)
+        assert request.signal == "SIGINT" and killed == []
+        request.handle(signal.SIGTERM, None)                 # the default action, now
+        assert killed == [(os.getpid(), signal.SIGTERM)]
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_resume_checkpoint_with_wrong_shapes_falls_back_to_the_previous_one(tmp_path, photos6):
+    cfg = _cfg(max_iteration=12, interval_validate=5)
+    run = tmp_path / "run"
+    fit(run, _inputs(photos6, cfg), device="cpu", log=QUIET, stop_after=10)
+    ckpt = load_checkpoint(run / "checkpoint.pt")
+    name = next(k for k, v in ckpt["state_dict"].items() if v.dim() == 4)
+    ckpt["state_dict"][name] = torch.zeros(3, 3)              # same file, a tensor of another shape
+    save_checkpoint(run / "checkpoint.pt", ckpt)
+    lines = []
+    result = fit(run, _inputs(photos6, cfg), device="cpu", log=lines.append)
+    assert result["resumed_from"] == 5 and result["complete"]
+    said = [line for line in lines if "checkpoint.pt" in line and "checkpoint.prev.pt" in line]
+    assert len(said) == 1 and str(run / "checkpoint.pt") in said[0] and name in said[0], lines
+    assert "(3, 3)" in said[0] and "iteration 5" in said[0]
+
+
+def test_bf16_autocast_and_channels_last_on_the_cpu_train_and_resume(tmp_path, photos6):
+    cfg = _cfg(max_iteration=6, interval_validate=3, precision="bf16", channels_last="on")
+    seen = []
+
+    def conv_hook(module, args, output):
+        # training and validation batches (2 images); the tiles' single images are drawn by the
+        # inference path (Colorizer.posteriors), which keeps its own 'auto' precision
+        if isinstance(module, torch.nn.Conv2d) and module.in_channels > 1 and args[0].shape[0] > 1:
+            seen.append((output.dtype, args[0].is_contiguous(memory_format=torch.channels_last)))
+    handle = torch.nn.modules.module.register_module_forward_hook(conv_hook)
+    try:
+        full = fit(tmp_path / "full", _inputs(photos6, cfg), device="cpu", log=QUIET)
+        part = fit(tmp_path / "resumed", _inputs(photos6, cfg), device="cpu", log=QUIET, stop_after=3)
+        resumed = fit(tmp_path / "resumed", _inputs(photos6, cfg), device="cpu", log=QUIET)
+    finally:
+        handle.remove()
+    assert seen and set(seen) == {(torch.bfloat16, True)}    # every convolution: bf16, channels-last
+    assert part["iterations"] == 3 and resumed["resumed_from"] == 3 and resumed["iterations"] == 6
+    assert _rows(tmp_path / "resumed") == _rows(tmp_path / "full")
+    assert _same_weights(tmp_path / "resumed" / "checkpoint.pt", tmp_path / "full" / "checkpoint.pt")
+    assert full["best_val_loss"] == resumed["best_val_loss"]
+
+
+# ----------------------------------------------------------------------------- processes
+def _luigi(task, *args, work, dataset):
+    return [sys.executable, "-m", "luigi", "--module", "tasks", task, "--config", "102",
+            "--dataset", str(dataset), "--colorize-work-dir", str(work),
+            "--colorize-loader-workers", "0", "--colorize-device", "cpu", *args]
+
+
+def _sigterm_when(proc, ready, what, timeout=180):
+    deadline = time.time() + timeout
+    while not ready():
+        assert proc.poll() is None, f"training ended before {what}"
+        assert time.time() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    return proc.communicate(timeout=120)
+
+
+def test_sigterm_during_luigi_training_saves_that_iteration_and_the_same_command_resumes(work, photo_dataset):
+    overrides = {"max_iteration": 400, "interval_validate": 10}
+    cmd = _luigi("TrainFCN32s", "--overrides", json.dumps(overrides), work=work, dataset=photo_dataset)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = _sigterm_when(proc, lambda: list(work.glob("runs/fcn32s-*/checkpoint.pt")), "checkpoint.pt")
+    assert proc.returncode == EXIT_STOPPED, err[-3000:]
+    assert "Traceback" not in out + err
+    lines = [line for line in (out + err).splitlines() if STOPPED.search(line)]
+    assert len(lines) == 1, out + err
+    stopped_at = int(STOPPED.search(lines[0]).group(1))
+    run = next(work.glob("runs/fcn32s-*"))
+    assert load_checkpoint(run / "checkpoint.pt")["iteration"] == stopped_at >= 10
+
+    # the same command resumes from it (stopped again, so that the test stays short)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = _sigterm_when(proc, lambda: load_checkpoint(run / "checkpoint.pt")["iteration"] > stopped_at
+                             if (run / "checkpoint.pt").exists() else False, "new checkpoint")
+    assert proc.returncode == EXIT_STOPPED, err[-3000:]
+    assert f"resuming {run} from iteration {stopped_at}" in out
+    again = int(STOPPED.search(out + err).group(1))
+    assert load_checkpoint(run / "checkpoint.pt")["iteration"] == again > stopped_at
+    assert load_checkpoint(run / "checkpoint.prev.pt")["iteration"] == again - again % 10
+    assert not (run / "done.json").exists()
+
+
+_LOADER_SCRIPT = """
+import sys, time, torch
+from train.data import make_loader
+class Numbers(torch.utils.data.Dataset):
+    def __len__(self): return 8
+    def __getitem__(self, i): return torch.tensor(i)
+loader = make_loader(Numbers(), 2, False, 2, 0)
+next(iter(loader))
+print(*[w.pid for w in loader._iterator._workers], flush=True)
+time.sleep(60)
+"""
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"    # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_loader_workers_end_with_their_process_and_ignore_ctrl_c():
+    proc = subprocess.Popen([sys.executable, "-c", _LOADER_SCRIPT], cwd=REPO, env={**ENV, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        workers = [int(p) for p in proc.stdout.readline().split()]
+        assert len(workers) == 2 and all(_alive(p) for p in workers)
+        for pid in workers:
+            os.kill(pid, signal.SIGINT)                        # Ctrl-C reaches them too: ignored
+        time.sleep(0.3)
+        assert all(_alive(p) for p in workers)
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.time() + 2                                 # torch's own watchdog: 5 s
+    while any(_alive(p) for p in workers) and time.time() < deadline:
+        time.sleep(0.02)
+    assert not any(_alive(p) for p in workers)
