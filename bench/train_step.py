@@ -5,7 +5,7 @@ built from generated ImageNet-like JPEGs (im_size 64, low-pass 8 -> 8x8 targets)
 
   ours  train_one_epoch(model, make_loader(ShardDataset(...), workers=0), Adam, ...): what
         fit() runs between validations (HDF5 reads, flips, collation, train-mode switch,
-        KL loss with argmax labels, loss.item(), confusion matrix).
+        KL loss with argmax labels, confusion matrix, the loss read back every LOG_EVERY steps).
   bare  for x, t in preloaded_batches: loss = kl_loss(model(x), t); zero_grad; backward;
         step -- same batches (read once from the same dataset, same order), same loss,
         same model init (a deep copy), same Adam settings.
@@ -16,8 +16,16 @@ iterator, as in fit), and times both.  value = (median ours step / median bare s
 * 100; goal <= 5 %.  Also: the median of per-step paired ratios, the same on process CPU
 time, and the per-step
 cost of ours' extra work measured alone (loader batch, argmax labels + confusion
-matrix, loss.item) as a fraction of the bare step.  fit()'s own images/s (validation time excluded by fit) is reported as an
+matrix) as a fraction of the bare step.  fit()'s own images/s (validation time excluded by fit) is reported as an
 extra with --fit.
+
+host_reads_per_step: calls that move a tensor value to Python (.item(), .tolist(), .cpu(),
+.numpy(), float(t), int(t), bool(t), format(t), np.asarray(t)) made by the project's code
+during ours' timed steps, per step; goal <= 0.1 at fit's default log interval (a read-back
+every train.fit.LOG_EVERY = 10 steps).  Each one is a host sync on a GPU.  Not counted: torch's
+own internals (e.g. Adam reading its CPU step counters, which never wait for the GPU), the
+loader's host-side batch preparation (train/data.py: its tensors are on the host before
+they go to the device) and this script's bare side.
 
 torch threads: default 1.  On this shared 2-core machine torch's default (2 intra-op
 threads) makes every op an OpenMP parallel region that waits for a descheduled thread:
@@ -27,6 +35,7 @@ Use --threads 0 on a quiet machine to measure with torch's default.
     .venv/bin/python bench/train_step.py [--pairs 100] [--threads 1] [--fit]
 """
 import argparse
+import contextlib
 import copy
 import json
 import shutil
@@ -48,9 +57,36 @@ from pipeline.synthetic import generate_imagenet_like  # noqa: E402
 from pipeline.gmm import fit_gmm  # noqa: E402
 from pipeline.preprocess import build_label_shard, build_lab_shard, gmm_features, mean_lightness  # noqa: E402
 from train.data import ShardDataset, make_loader  # noqa: E402
-from train.fit import TrainState, make_optimizer, train_one_epoch  # noqa: E402
+from train.fit import LOG_EVERY, TrainState, make_optimizer, train_one_epoch  # noqa: E402
 from train.loss import kl_loss  # noqa: E402
 from train.metrics import ConfusionMeter  # noqa: E402
+
+
+HOST_READS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__", "__format__", "__array__")
+NOT_COUNTED = (str(REPO / "bench"), str(REPO / "train" / "data.py"))
+
+
+@contextlib.contextmanager
+def counting_host_reads(counter: dict):
+    """While counter["on"], count in counter["n"] the HOST_READS calls on tensors made from the
+    project's own files (the caller's frame), but NOT_COUNTED; see the module docstring."""
+    originals = {name: getattr(torch.Tensor, name) for name in HOST_READS}
+
+    def counted(method):
+        def read(self, *args, **kwargs):
+            if counter["on"]:
+                caller = sys._getframe(1).f_code.co_filename
+                if caller.startswith(str(REPO)) and not caller.startswith(NOT_COUNTED):
+                    counter["n"] += 1
+            return method(self, *args, **kwargs)
+        return read
+    for name, method in originals.items():
+        setattr(torch.Tensor, name, counted(method))
+    try:
+        yield counter
+    finally:
+        for name, method in originals.items():
+            setattr(torch.Tensor, name, method)
 
 
 def build_shards(tmp, n, im_size, k, lowpass, per_shard=32):
@@ -139,6 +175,7 @@ def main():
         model_bare.train()
         times = {"ours": [], "bare": [], "ours_cpu": [], "bare_cpu": []}
         mark = {}
+        reads = {"on": False, "n": 0}
 
         def bare_step(i):
             x, target = batches[i]
@@ -150,22 +187,26 @@ def main():
 
         def on_step(iteration, max_iteration, loss):
             # ours' step `iteration` just ended: from the end of the previous bare step to here
-            # (next batch from the loader, forward, loss, backward, step, item, meter).
+            # (next batch from the loader, forward, loss, backward, step, meter, read-backs).
             t, c = time.perf_counter(), time.process_time()
+            reads["on"] = False                                # the bare step is not counted
             times["ours"].append(t - mark["t"])
             times["ours_cpu"].append(c - mark["c"])
             bare_step(iteration - 1)                           # the same batch, bare
             mark["t"], mark["c"] = time.perf_counter(), time.process_time()
             times["bare"].append(mark["t"] - t)
             times["bare_cpu"].append(mark["c"] - c)
+            reads["on"] = iteration >= args.warmup             # ours' next step is timed: count
             if iteration >= total:
                 state.stop = True
 
         mark["t"], mark["c"] = time.perf_counter(), time.process_time()
-        while not state.stop:
-            loader.sampler.set_epoch(state.epoch, start=state.position)
-            train_one_epoch(model_ours, loader, opt_ours, device, state, cfg["max_iteration"], on_step)
-            mark["t"], mark["c"] = time.perf_counter(), time.process_time()   # epoch switch: not a step
+        reads["on"] = args.warmup == 0
+        with counting_host_reads(reads):
+            while not state.stop:
+                loader.sampler.set_epoch(state.epoch, start=state.position)
+                train_one_epoch(model_ours, loader, opt_ours, device, state, cfg["max_iteration"], on_step)
+                mark["t"], mark["c"] = time.perf_counter(), time.process_time()   # epoch switch: not a step
         for k in times:
             times[k] = times[k][args.warmup:]
         med = {k: statistics.median(v) for k, v in times.items()}
@@ -179,6 +220,8 @@ def main():
                   "cpu_paired_median_pct": round(statistics.median(paired_cpu) * 100, 2),
                   "ours_cpu_ms_per_step": round(med["ours_cpu"] * 1e3, 2),
                   "bare_cpu_ms_per_step": round(med["bare_cpu"] * 1e3, 2),
+                  "host_reads_per_step": round(reads["n"] / args.pairs, 3), "host_reads_goal": 0.1,
+                  "log_every": LOG_EVERY,
                   "pairs": len(paired), "warmup": args.warmup, "batch": args.batch,
                   "im_size": args.im_size, "width": args.width, "k": args.k,
                   "torch_threads": torch.get_num_threads()}

@@ -19,7 +19,8 @@ even one that another command writes into the same folder meanwhile.
 
 Exit status: 0 all colorized, 1 some input failed, 2 bad arguments, refused
 inputs or outputs, an unwritable --out (nothing was written) or the model could
-not be loaded.
+not be loaded, 75 interrupted (Ctrl-C or SIGTERM: the outputs written are complete,
+one line says how many; rerun with --skip-existing), 130 interrupted before any work.
 
 Each subcommand is one add_<name>(sub) function that registers its parser and
 sets `run` to its command; parsing imports no torch, so --help stays fast.
@@ -29,6 +30,7 @@ import sys
 
 from models.device import DEVICE_NAMES, check_device                        # no torch: --help stays fast
 from models.registry import DECODERS, DEFAULT_DECODER, DEFAULT_TEMPERATURE
+from train.stop import EXIT_STOPPED, sigterm_interrupts
 
 from . import caches, runs
 
@@ -102,7 +104,9 @@ def add_colorize(sub) -> None:
                               "inputs inside a training run folder or an evaluation folder are refused.\n"
                               "exit status: 0 all colorized, 1 some input failed (one 'error:' line each on\n"
                               "stderr), 2 bad arguments, refused inputs, outputs that exist already, an\n"
-                              "unwritable --out (nothing is written) or the model could not be loaded")
+                              "unwritable --out (nothing is written) or the model could not be loaded,\n"
+                              "75 interrupted (Ctrl-C, SIGTERM): what was written is complete; rerun with\n"
+                              "--skip-existing")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     p.add_argument("--model", required=True, metavar="RUN_DIR_OR_CHECKPOINT",
                    help="a training run folder (its best.pt is used) or a checkpoint file")
@@ -207,8 +211,11 @@ def cmd_colorize(args) -> int:
                          f"{f', T={args.temperature}' if args.decoder == 'annealed' else ''}, "
                          f"network size {size}, {args.format}, {model.device})\n")
     bar = None if args.quiet or not items else Progress(len(items), "colorize")
+    written = []
 
     def done(src, dst):
+        if dst is not None:
+            written.append(dst)
         if bar:
             bar.update(1)
 
@@ -216,9 +223,16 @@ def cmd_colorize(args) -> int:
         print_error(src, msg)
         done(src, None)
 
-    result = colorize_items(model, items, args.decoder, args.temperature, args.batch_size, args.threads,
-                            on_done=done, on_error=failed, size=size, fmt=args.format,
-                            quality=args.quality or DEFAULT_JPEG_QUALITY, replace=args.overwrite)
+    try:
+        with sigterm_interrupts():
+            result = colorize_items(model, items, args.decoder, args.temperature, args.batch_size,
+                                    args.threads, on_done=done, on_error=failed, size=size, fmt=args.format,
+                                    quality=args.quality or DEFAULT_JPEG_QUALITY, replace=args.overwrite)
+    except KeyboardInterrupt:
+        if bar:
+            bar.close()
+        _say("interrupted", f"{len(written)} of {len(items)} written; rerun with --skip-existing")
+        return EXIT_STOPPED
     if result["alpha_dropped"]:
         _warn(f"{result['alpha_dropped']} input(s) had an alpha channel, which JPEG cannot hold: they were "
               f"composited on white (--format png keeps it)")
@@ -251,7 +265,11 @@ def _silence_pil_size_warning() -> None:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     _silence_pil_size_warning()                      # after parsing: --help imports no PIL
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:                        # before any output (colorize says more then)
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        return 130
 
 
 if __name__ == "__main__":

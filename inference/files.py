@@ -194,7 +194,8 @@ def colorize_items(model: ImageColorizer, items, decoder=DEFAULT_DECODER, temper
     output records its input (inference.images.source_record, taken before the input is read).
     replace=False: an output file that exists, or appears while this runs (another process
     writing to the same folder), is never replaced but failed.
-    on_done(src, dst) and on_error(src, message) are called once per item."""
+    on_done(src, dst) and on_error(src, message) are called once per item, and on a
+    KeyboardInterrupt, which is re-raised, for every output written until then."""
     if decoder not in DECODERS:
         raise ValueError(f"unknown decoder {decoder!r}")
     if not temperature > 0 or not math.isfinite(temperature):
@@ -249,22 +250,31 @@ def colorize_items(model: ImageColorizer, items, decoder=DEFAULT_DECODER, temper
             return [pool.submit(load, src) for src, _ in chunk]
         loading = submit(chunks[0]) if chunks else []
         writing = []
-        for ci, chunk in enumerate(chunks):
-            current, loading = loading, (submit(chunks[ci + 1]) if ci + 1 < len(chunks) else [])
-            good = []
-            for (src, dst), fut in zip(chunk, current):
-                try:
-                    good.append((src, dst, fut.result()))
-                except Exception as e:               # one bad file never stops the rest
-                    fail(src, one_line(e))
-            if good:
-                ab = model.predict_ab([g[2][1].L_small for g in good], decoder, temperature)
-                for i, (src, dst, (record, img)) in enumerate(good):
-                    alpha_dropped += img.had_alpha and img.alpha is None
-                    writing.append(pool.submit(finish, src, dst, record, img, ab[i]))
-            # keep at most about one batch of outputs in flight
-            while len(writing) > batch_size:
-                ok += collect(writing.pop(0))
+        try:
+            for ci, chunk in enumerate(chunks):
+                current, loading = loading, (submit(chunks[ci + 1]) if ci + 1 < len(chunks) else [])
+                good = []
+                for (src, dst), fut in zip(chunk, current):
+                    try:
+                        good.append((src, dst, fut.result()))
+                    except Exception as e:               # one bad file never stops the rest
+                        fail(src, one_line(e))
+                if good:
+                    ab = model.predict_ab([g[2][1].L_small for g in good], decoder, temperature)
+                    for i, (src, dst, (record, img)) in enumerate(good):
+                        alpha_dropped += img.had_alpha and img.alpha is None
+                        writing.append(pool.submit(finish, src, dst, record, img, ab[i]))
+                # keep at most about one batch of outputs in flight
+                while len(writing) > batch_size:
+                    ok += collect(writing[0])    # then dropped: an interrupt while waiting keeps it
+                    del writing[0]
+        except KeyboardInterrupt:    # Ctrl-C: no more reading; the outputs computed are written
+            for fut in loading:
+                fut.cancel()
+            pool.shutdown(wait=True)
+            for fut in writing:
+                collect(fut)             # on_done / on_error: the caller counts what was written
+            raise
         for fut in writing:
             ok += collect(fut)
     return {"ok": ok, "failed": failed, "alpha_dropped": alpha_dropped}

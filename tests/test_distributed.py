@@ -11,6 +11,7 @@ images (3 steps per epoch), 5 validation images (unequal shares: 3 and 2).
 import csv
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from pipeline.shards import encode_lab, write_shard
 from train.checkpoint import load_checkpoint
 from train.data import EpochSampler
 from train.fit import fit
+from train.stop import TrainingStopped
 from test_train import _inputs, _photos   # the same bundled photos at 32 px, RunInputs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,11 +118,19 @@ def _rank_main(rank, world, port, jobs, out):
         for job in jobs:
             job = dict(job)
             models.fcn.build = _no_dropout_model if job.pop("no_dropout") else real_build
+            signal_at, tag = job.pop("signal_at", None), job.pop("tag", job.get("stop_after"))
             losses = []
-            fit(device=device, log=QUIET, distributed=True,
-                on_step=lambda it, n, loss: losses.append(ddp.mean_over_ranks(loss)), **job)
+
+            def on_step(it, n, loss):
+                losses.append(ddp.mean_over_ranks(loss))
+                if it == signal_at and rank == 1:       # rank 1 alone gets a stop signal
+                    os.kill(os.getpid(), signal.SIGTERM)
+            try:
+                fit(device=device, log=QUIET, distributed=True, on_step=on_step, **job)
+            except TrainingStopped as e:
+                (Path(job["run_dir"]) / f"stopped-rank{rank}.txt").write_text(str(e.iteration))
             if rank == 0:                               # per-step losses (all-reduced means)
-                (Path(job["run_dir"]) / f"steps-{job.get('stop_after')}.json").write_text(json.dumps(losses))
+                (Path(job["run_dir"]) / f"steps-{tag}.json").write_text(json.dumps(losses))
         models.fcn.build = real_build
     finally:
         ddp.teardown()
@@ -140,10 +150,15 @@ def runs(tmp_path_factory):
     data = build_data(root)
     cfg = resolve_config(102, CFG)
     inputs = _inputs(data, cfg, "fcn32s")
+    inputs_v3 = _inputs(data, resolve_config(102, dict(CFG, interval_validate=3)), "fcn32s")
     jobs = [dict(run_dir=str(root / "ddp-nodrop"), inputs=inputs, no_dropout=True),
             dict(run_dir=str(root / "ddp-full"), inputs=inputs, no_dropout=False),
             dict(run_dir=str(root / "ddp-resumed"), inputs=inputs, no_dropout=False, stop_after=2),
-            dict(run_dir=str(root / "ddp-resumed"), inputs=inputs, no_dropout=False)]
+            dict(run_dir=str(root / "ddp-resumed"), inputs=inputs, no_dropout=False),
+            # validated at 3 only; rank 1 gets SIGTERM at step 1, the ranks agree at step 2
+            dict(run_dir=str(root / "ddp-signal"), inputs=inputs_v3, no_dropout=False, log_every=1,
+                 signal_at=1, tag="signal"),
+            dict(run_dir=str(root / "ddp-signal"), inputs=inputs_v3, no_dropout=False, tag="resumed")]
     mp.spawn(_rank_main, args=(WORLD, _free_port(), jobs, str(root)), nprocs=WORLD, join=True)
     return root, data, cfg
 
@@ -302,3 +317,21 @@ def test_torchrun_command_line_trains_the_luigi_run(work, photo_dataset):
     conf = json.loads((t32.run_dir() / "config.json").read_text())
     assert conf["world_size"] == 2 and conf["data"]["n_train"] == 12
     assert [r["split"] for r in _log(t32.run_dir())] == ["train", "valid"]
+
+
+def test_a_stop_signal_on_one_rank_stops_every_rank_at_the_same_iteration(runs):
+    root, _, _ = runs
+    run, full = root / "ddp-signal", root / "ddp-full"
+    assert [(run / f"stopped-rank{r}.txt").read_text() for r in range(WORLD)] == ["2", "2"]
+    stopped = json.loads((run / "steps-signal.json").read_text())
+    then = json.loads((run / "steps-resumed.json").read_text())
+    assert len(stopped) == 2 and len(then) == 1
+    assert stopped + then == json.loads((full / "steps-None.json").read_text())   # same trajectory
+    assert json.loads((run / "config.json").read_text())["resumed_from"] == 2
+    ckpt = load_checkpoint(run / "checkpoint.pt")
+    assert ckpt["iteration"] == 3 and not (run / "checkpoint.prev.pt").exists()
+    a = load_checkpoint(full / "checkpoint.pt")["state_dict"]
+    assert all(torch.equal(a[k], ckpt["state_dict"][k]) for k in a)        # bit for bit
+    train_row = [r for r in _log(run) if r["split"] == "train"]
+    assert [r["iteration"] for r in train_row] == ["3"]                     # steps 1-3, summed over
+    assert float(train_row[0]["loss"]) == pytest.approx(np.mean(stopped + then), rel=1e-6)   # the stop

@@ -208,3 +208,34 @@ def test_loader_workers_end_with_their_process_and_ignore_ctrl_c():
     while any(_alive(p) for p in workers) and time.time() < deadline:
         time.sleep(0.02)
     assert not any(_alive(p) for p in workers)
+
+
+# ----------------------------------------------------------------------------- colorize
+def test_colorize_interrupted_says_how_many_were_written_and_skip_existing_finishes(tmp_path, capsys,
+                                                                                     monkeypatch):
+    from PIL import Image
+    from inference.api import ImageColorizer
+    from inference.cli import main
+    from test_colorize import fake_run
+    run, src, out = fake_run(tmp_path), tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i in range(5):
+        Image.new("RGB", (24, 16), (40 * i, 90, 200 - 30 * i)).save(src / f"p{i}.png")
+    real, calls = ImageColorizer.predict_ab, []
+
+    def ctrl_c_at_the_third_batch(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt            # where Ctrl-C lands: the main thread, in the network
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(ImageColorizer, "predict_ab", ctrl_c_at_the_third_batch)
+    args = ["colorize", "--model", str(run), str(src), "--out", str(out), "--batch-size", "1", "--device", "cpu",
+            "-q"]
+    assert main(args) == EXIT_STOPPED
+    err = capsys.readouterr().err.strip().splitlines()
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["p0.png", "p1.png"], err              # batches 1 and 2, complete files only
+    assert err == ["colorize-fcn: interrupted: 2 of 5 written; rerun with --skip-existing"]
+    monkeypatch.setattr(ImageColorizer, "predict_ab", real)
+    assert main(args + ["--skip-existing"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [f"p{i}.png" for i in range(5)]

@@ -38,6 +38,10 @@ Semantics (see also train/fit.py):
                confusion matrices are all-reduced, so every rank holds the split's scores.
   output       rank 0 alone writes the run folder (config.json, log.csv, tb/, tiles/,
                checkpoint.pt, best.pt, plots, summary.json, done.json).
+  stop         SIGINT/SIGTERM (torchrun forwards them to every rank): the ranks agree at the
+               next loss read-back (every train.fit.LOG_EVERY steps) and stop together at
+               that iteration, rank 0 writes checkpoint.pt, and every rank exits with
+               train.stop.EXIT_STOPPED (75); a second signal ends a rank at once.
   resume       every rank loads checkpoint.pt; iteration, epoch and position count global
                steps and images, so a run can resume with another number of ranks (then
                only the dropout masks of ranks > 0 differ from an uninterrupted run).
@@ -58,6 +62,7 @@ from pipeline.run_inputs import RunInputs, RunInputsError
 
 from .ddp import barrier, setup, teardown
 from .fit import fit
+from .stop import TrainingStopped
 
 
 def _check_same_inputs(inputs, run_dir):
@@ -98,6 +103,8 @@ def main(argv=None):
         result = fit(run_dir, inputs, device=dev, loader_workers=args.loader_workers, log=log,
                      stop_after=args.stop_after, distributed=world > 1, sync_bn=not args.no_sync_bn)
         barrier()
+    except TrainingStopped as e:          # saved, and its line printed by rank 0: README exit codes
+        raise SystemExit(e.exit_code) from None
     finally:
         teardown()
     return result

@@ -321,12 +321,15 @@ def _datasets(inputs, n_classes):
 
 # ----------------------------------------------------------------------------- fit
 def fit(run_dir, inputs, device="auto", loader_workers=0, log=print, on_step=None, stop_after=None,
-        distributed=False, sync_bn=True, wait=True) -> dict:
+        distributed=False, sync_bn=True, wait=True, log_every=LOG_EVERY) -> dict:
     """Train inputs.arch on inputs.train, validating on inputs.val; resume if run_dir has a
     checkpoint.  inputs: a pipeline.run_inputs.RunInputs.
 
-    on_step(iteration, max_iteration, loss) is called after every step.  stop_after: end
-    this session after that many steps in total (the run stays resumable).  Returns
+    on_step(iteration, max_iteration, loss) is called after every step (loss: a 0-dim tensor
+    on the device, train_one_epoch).  stop_after: end this session after that many steps in
+    total (the run stays resumable).  log_every: steps between read-backs of the loss (the
+    progress line; distributed, also when the ranks agree on a stop signal).  A stop signal
+    raises train.stop.TrainingStopped after saving (module docstring).  Returns
     {best_val_loss, best_iteration, final (last validation metrics), iterations,
     images_per_s, elapsed_s, device, resumed_from, complete, run_dir}.
 
@@ -349,13 +352,13 @@ def fit(run_dir, inputs, device="auto", loader_workers=0, log=print, on_step=Non
     try:
         with stop_signals() as signals:
             return _fit_locked(run_dir, inputs, device, loader_workers, log, on_step, stop_after,
-                               rank, world_size, sync_bn, signals)
+                               rank, world_size, sync_bn, signals, log_every)
     finally:
         lock.release()
 
 
 def _fit_locked(run_dir, inputs, device, loader_workers, log, on_step, stop_after, rank, world_size,
-                sync_bn, signals) -> dict:
+                sync_bn, signals, log_every) -> dict:
     cfg, t_session = inputs.cfg, time.time()
     if rank == 0:
         remove_stale_temporaries(run_dir)
@@ -419,7 +422,8 @@ def _fit_locked(run_dir, inputs, device, loader_workers, log, on_step, stop_afte
         ddp.seed_rank(seed, rank, 0)                       # own dropout masks on every rank
     state = TrainState(meter=ConfusionMeter(n_classes, device), world_size=world_size,
                        class_weights=class_weights, kl_reduction=cfg["kl_reduction"],
-                       precision=precision, channels_last=channels_last, signals=signals)
+                       precision=precision, channels_last=channels_last, signals=signals,
+                       log_every=log_every)
     resumed_from = None
     if resume is not None:
         _restore(resume, state, colorizer, optimizer, train_loader, seed, rank, log)
@@ -516,6 +520,8 @@ def _fit_locked(run_dir, inputs, device, loader_workers, log, on_step, stop_afte
                 save_resume_point(ckpt, rng, rng_ranks)
             state.saved_iteration = it
         message = stopped_message(it, saved=state.saved_iteration is not None)
+        if progress is not None:
+            progress.close()                       # its line ends before this one
         log(message)
         if world_size > 1:
             ddp.barrier()          # torchrun ends every rank when one exits: not before rank 0 wrote

@@ -85,6 +85,20 @@ def stop_signals():
             signal.signal(s, handler)
 
 
+@contextlib.contextmanager
+def sigterm_interrupts():
+    """Within the block SIGTERM raises KeyboardInterrupt, as Ctrl-C does (colorize: stop, keep
+    what is written, say so in one line)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def quiet_worker() -> None:
     """In a DataLoader worker: ignore stop signals and die with the parent (module docstring)."""
     for s in SIGNALS:
