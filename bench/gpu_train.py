@@ -15,11 +15,14 @@ and make_loader with loader worker processes and pinned memory, as fit() does.  
 shard list is repeated so that no epoch ends inside a combination.  The shards sit in
 the page cache: reads from a real disk or network file system can only add data wait.
 
-A step is train_one_epoch's: batch to the device, forward under autocast (bf16) or not
-(fp32), kl_loss with argmax labels, zero_grad, backward, Adam step, confusion matrix
-update -- then torch.cuda.synchronize, where the trainer's per-step loss.item() syncs.
+A step is train.fit.train_one_epoch's own, with the combination as the config keys
+precision and channels_last: batch to the device, forward under autocast (bf16) or not
+(fp32), kl_loss with argmax labels, zero_grad, backward, Adam step, confusion matrix update
+on the device, the loss read back every LOG_EVERY steps -- then torch.cuda.synchronize (the
+bench's, for per-step times: fit itself does not wait for the GPU between read-backs).
 fp32 means no autocast; cuDNN may still use TF32 for convolutions (torch's default,
-reported as cudnn_tf32).  fit() itself runs bf16 + channels_last on CUDA.
+reported as cudnn_tf32).  fit() runs bf16 + channels_last on CUDA by default ('auto').
+--smoke runs both precisions, channels_last, on whatever device there is (the CPU too).
 
 Warm-up steps are not timed: --warmup, plus one per batch the workers hold ready (2 per
 worker, the DataLoader default), so that timing starts after the queue filled during
@@ -59,9 +62,7 @@ from pipeline.gmm import fit_gmm  # noqa: E402
 from pipeline.preprocess import build_label_shard, build_lab_shard, gmm_features, mean_lightness  # noqa: E402
 from train.data import ShardDataset, make_loader  # noqa: E402
 from train.metrics import ConfusionMeter  # noqa: E402
-# The trainer's loss and optimiser.  train/loop.py is being split: when they move, fix this line.
-from train.fit import make_optimizer  # noqa: E402
-from train.loss import kl_loss  # noqa: E402
+from train.fit import TrainState, make_optimizer, train_one_epoch  # noqa: E402
 
 CONFIG = 14                 # experiment config whose sizes and optimiser are measured
 GOAL = 800                  # img/s for the headline combination on one H200
@@ -155,51 +156,56 @@ def bf16_works(device):
         return False
 
 
+class _TimedIterator:
+    """The loader iterator, timing each next(): the data wait."""
+
+    def __init__(self, iterator):
+        self.iterator, self.waits = iterator, []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        t0 = time.perf_counter()
+        batch = next(self.iterator)
+        self.waits.append(time.perf_counter() - t0)
+        return batch
+
+
 def run_combination(combo, pairs, mean_L, gmm, cfg, args, device):
-    """Train `combo` for warm-up + timed steps; return its table row (a dict)."""
+    """Train `combo` for warm-up + timed steps with the trainer's own step
+    (train.fit.train_one_epoch); return its table row (a dict)."""
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    fmt = FORMATS[combo["format"]]
     warmup = args.warmup + PREFETCH * combo["workers"]   # drain the queue filled during step 1
-    batches, dataset = timed_batches(pairs, cfg, combo["batch"], combo["workers"],
-                                     warmup + args.steps, pin_memory=cuda)
+    n = warmup + args.steps
+    batches, dataset = timed_batches(pairs, cfg, combo["batch"], combo["workers"], n, pin_memory=cuda)
+    batches = _TimedIterator(batches)
     torch.manual_seed(int(cfg["seed"]))
     model = Colorizer(combo["arch"], int(cfg["n_clusters"]), cfg["width"], cfg["im_size"], mean_L, gmm)
-    model = model.to(device, memory_format=fmt)
-    model.train()
+    channels_last = "on" if combo["format"] == "channels_last" else "off"
+    model = model.to(device, memory_format=FORMATS[combo["format"]])
     forward = torch.compile(model) if args.compile else model
     optimizer = make_optimizer(model, cfg)
-    meter = ConfusionMeter(int(cfg["n_clusters"]), device)
+    state = TrainState(meter=ConfusionMeter(int(cfg["n_clusters"]), device), kl_reduction=cfg["kl_reduction"],
+                       precision=combo["precision"], channels_last=channels_last)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    waits, steps = [], []
-    for i in range(warmup + args.steps):
-        t0 = time.perf_counter()
-        x, target = next(batches)
-        t_data = time.perf_counter()
-        x = x.to(device, non_blocking=cuda).contiguous(memory_format=fmt)
-        target = target.to(device, non_blocking=cuda)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=combo["precision"] == "bf16"):
-            scores = forward(x)
-        loss, labels = kl_loss(scores, target, return_labels=True, reduction=cfg["kl_reduction"])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        meter.update(scores.detach(), labels)
-        sync()
-        t_end = time.perf_counter()
-        if i == 0:
-            first_step = t_end - t0
-        if i >= warmup:
-            waits.append(t_data - t0)
-            steps.append(t_end - t0)
+    ends = [time.perf_counter()]
+
+    def on_step(iteration, max_iteration, loss):
+        sync()                     # the bench's, for per-step times (fit reads back every LOG_EVERY steps)
+        ends.append(time.perf_counter())
+    train_one_epoch(forward, batches, optimizer, device, state, n, on_step)
     dataset.close()
+    steps = [b - a for a, b in zip(ends, ends[1:])][warmup:]
+    waits = batches.waits[warmup:len(ends) - 1]
     return {**combo, "compile": args.compile,
             "img_per_s": round(combo["batch"] * len(steps) / sum(steps), 2),
             "step_ms": round(statistics.median(steps) * 1e3, 2),
             "data_wait_frac": round(sum(waits) / sum(steps), 6),
             "peak_gib": round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2) if cuda else None,
-            "first_step_s": round(first_step, 2), "loss": round(loss.item(), 4),
+            "first_step_s": round(ends[1] - ends[0], 2), "loss": round(state.window_loss, 4),
             "warmup": warmup, "steps": len(steps)}
 
 
