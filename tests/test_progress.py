@@ -93,7 +93,7 @@ def test_training_prints_one_line_per_validation_and_logs_hparams(tmp_path, caps
     assert re.match(r"valid iteration 2/4: loss \d+\.\d{4}, mean IoU \d\.\d{3}, pixel acc \d\.\d{3}  \(new best\)$",
                     valid[0]), valid[0]
     assert re.match(r"valid iteration 4/4: .*\((new best|best \d+\.\d{4} at 2)\)$", valid[1]), valid[1]
-    assert any(re.match(r"train 4/4 \(100%\) .* loss \d+\.\d{4} \(smoothed\)$", line) for line in lines), lines
+    assert any(re.match(r"train 4/4 \(100%\) .* loss \d+\.\d{4} \(mean of recent steps\)$", line) for line in lines), lines
     events = list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
     assert len(events) == 1
     acc = EventAccumulator(str(tmp_path / "run" / "tb"))

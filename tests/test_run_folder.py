@@ -60,6 +60,24 @@ def copy(tmp_path, reference):
     return run
 
 
+@pytest.fixture(scope="module")
+def checkpoint5(tmp_path_factory, data):
+    """The reference run's iteration-5 checkpoint (a session stopped there)."""
+    run = tmp_path_factory.mktemp("at5") / "run"
+    _fit(run, data, stop_after=5)
+    return run / "checkpoint.pt"
+
+
+@pytest.fixture
+def unfinished(copy, checkpoint5):
+    """The reference run as a kill just before done.json leaves it: checkpoint.pt at 10 and
+    checkpoint.prev.pt at 5 (a finished run keeps only checkpoint.pt)."""
+    assert not (copy / "checkpoint.prev.pt").exists()
+    shutil.copy(checkpoint5, copy / "checkpoint.prev.pt")
+    (copy / "done.json").unlink()
+    return copy
+
+
 def _same_weights(a, b):
     a, b = load_checkpoint(a)["state_dict"], load_checkpoint(b)["state_dict"]
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -175,9 +193,10 @@ def test_a_filesystem_without_flock_is_a_one_line_error_naming_the_lock_file(tmp
 
 # ----------------------------------------------------------------------------- checkpoints
 @pytest.mark.parametrize("damage", ["truncated", "missing"])
-def test_an_unusable_checkpoint_falls_back_to_the_previous_one(copy, data, reference, damage):
+def test_an_unusable_checkpoint_falls_back_to_the_previous_one(unfinished, data, reference, damage):
     """truncated: a crash or full disk under a non-atomic copy; missing: killed between the
     two renames of a checkpoint rotation.  Either way the run resumes from iteration 5."""
+    copy = unfinished
     assert load_checkpoint(copy / "checkpoint.prev.pt")["iteration"] == 5
     _truncate(copy / "checkpoint.pt") if damage == "truncated" else (copy / "checkpoint.pt").unlink()
     lines = []
@@ -188,10 +207,11 @@ def test_an_unusable_checkpoint_falls_back_to_the_previous_one(copy, data, refer
     assert result["resumed_from"] == 5 and result["complete"] and result["iterations"] == 10
     assert _rows(copy) == _rows(reference)
     assert _same_weights(copy / "checkpoint.pt", reference / "checkpoint.pt")
-    assert load_checkpoint(copy / "checkpoint.prev.pt")["iteration"] == 5       # rotated again
+    assert not (copy / "checkpoint.prev.pt").exists()          # finished: one resume checkpoint
 
 
-def test_no_readable_checkpoint_is_a_one_line_error_saying_what_to_delete(copy, data):
+def test_no_readable_checkpoint_is_a_one_line_error_saying_what_to_delete(unfinished, data):
+    copy = unfinished
     for name in ("checkpoint.pt", "checkpoint.prev.pt"):
         _truncate(copy / name)
     before = _rows(copy)
@@ -204,8 +224,8 @@ def test_no_readable_checkpoint_is_a_one_line_error_saying_what_to_delete(copy, 
 
 
 def test_a_fresh_start_after_deleting_the_checkpoints_starts_with_empty_logs(copy, data, reference):
-    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
-        (copy / name).unlink()
+    assert not (copy / "checkpoint.prev.pt").exists()          # a finished run keeps one
+    (copy / "checkpoint.pt").unlink()
     (copy / "tiles" / "iter000007.jpg").write_bytes(b"an older attempt's tile")
     (copy / "eval-old").mkdir()
     (copy / "eval-old" / "metrics.json").write_text("{}")
