@@ -41,7 +41,8 @@ Semantics (see also train/fit.py):
   stop         SIGINT/SIGTERM (torchrun forwards them to every rank): the ranks agree at the
                next loss read-back (every train.fit.LOG_EVERY steps) and stop together at
                that iteration, rank 0 writes checkpoint.pt, and every rank exits with
-               train.stop.EXIT_STOPPED (75); a second signal ends a rank at once.
+               train.stop.EXIT_STOPPED (75) (torchrun itself exits 1, reporting the
+               signal); a second signal ends a rank at once.
   resume       every rank loads checkpoint.pt; iteration, epoch and position count global
                steps and images, so a run can resume with another number of ranks (then
                only the dropout masks of ranks > 0 differ from an uninterrupted run).
