@@ -16,7 +16,7 @@ reaches the whole process group; the main process ends them when it is done with
 and are killed by the kernel when the process that started them dies (Linux
 PR_SET_PDEATHSIG), instead of lingering until torch's 5 s watchdog notices.
 
-No torch here: tasks.py and inference/ import this module.
+No torch here: inference/cli.py imports this module while it parses (colorize's Ctrl-C).
 """
 import contextlib
 import ctypes
