@@ -30,7 +30,8 @@ from pipeline import luigi_summary  # noqa: F401  (exit codes under a central sc
 from pipeline.atomic import write_text_atomic
 from pipeline.config import resolve_config
 from pipeline.gmm import fit_gmm, load_gmm, save_gmm, uniform_grid
-from pipeline.luigi_params import ConfigNumberParameter, OverridesParameter
+from pipeline.luigi_params import ConfigNumberParameter, OverridesParameter, check_named_task, warn_once
+from pipeline.memory import machine_memory, needs, verdict
 from pipeline.plan import batch_plans, plan_shards, sample_files
 from pipeline.preprocess import build_label_shard, build_lab_shard, gmm_features, mean_lightness
 from pipeline.prior import cluster_prior, rebalance_weights
@@ -308,10 +309,31 @@ class ConfigTask(Stage):
     config = ConfigNumberParameter(description="experiment config number (pipeline/config.py)")
     overrides = OverridesParameter(default={}, description='JSON dict of config keys to change, e.g. {"lr": 1e-4}')
     dataset = luigi.Parameter(default="", description="dataset root ('' = [colorize] dataset)")
+    trains = True            # its work trains its run (PrepareRun: only builds what training reads)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        check_named_task(self, lambda: self.preflight)     # `luigi ... <this task>`: one line, exit 35
 
     @cached_property
     def cfg(self):
         return resolve_config(self.config, self.overrides)
+
+    @cached_property
+    def preflight(self) -> list:
+        """Before any work: ConfigError (one line) when the config of this task's run or of a
+        coarser run it starts from is invalid, or when what they build or train cannot fit in
+        this machine's memory (pipeline/memory.py); prints a warning for what is merely large."""
+        runs = [self.own_run()]
+        while runs[-1].init_task() is not None:
+            runs.append(runs[-1].init_task())
+        machine = machine_memory(self.settings.device)
+        for run in runs:
+            where = f"config {run.config}" + (" with overrides" if run.overrides else "")
+            for line in verdict(needs(run.cfg, [run.arch] if self.trains else [], machine.device_kind),
+                                machine, where):
+                warn_once(line)
+        return runs
 
     def sig_params(self) -> dict:
         return {"cfg": {k: v for k, v in self.cfg.items() if k not in _NOT_IN_RUN_SIG},
@@ -319,6 +341,10 @@ class ConfigTask(Stage):
 
     def train_task(self, arch: str):
         return TRAIN_TASKS[arch](config=self.config, overrides=self.overrides, dataset=self.dataset)
+
+    def own_run(self):
+        """The training task of this task's config and arch."""
+        return self.train_task(self.arch)
 
     def command_line_args(self) -> str:
         """--config, --arch, --overrides, --dataset as a shell command line gives them."""
@@ -335,7 +361,10 @@ class PrepareRun(ConfigTask):
     (also `torchrun -m train.distributed --run-dir <run>`)."""
     arch = luigi.ChoiceParameter(choices=list(ARCHITECTURES), default="fcn32s")
 
+    trains = False
+
     def requires(self):
+        self.preflight                 # noqa: B018 (refuses what cannot work, before any work)
         cfg, ds = self.cfg, self.dataset
         reqs = {"train": LabelSplit.from_cfg(cfg, dataset=ds, split=cfg["train_split"]),
                 "val": LabelSplit.from_cfg(cfg, dataset=ds, split=cfg["val_split"]),
@@ -375,6 +404,9 @@ class TrainRun(ConfigTask):
     def resources(self):
         return {self.settings.gpu_resource: 1}
 
+    def own_run(self):
+        return self              # (while Luigi makes this task, a clone of it would be a new one)
+
     def init_task(self):
         """The finished coarser run this one starts from (None when trained from scratch)."""
         coarser = ARCHITECTURES[self.arch].init_from
@@ -384,6 +416,7 @@ class TrainRun(ConfigTask):
         return TRAIN_TASKS[coarser](config=init, overrides=self.overrides, dataset=self.dataset)
 
     def requires(self):
+        self.preflight                 # noqa: B018 (refuses what cannot work, before any work)
         reqs = {"inputs": self.clone(PrepareRun, arch=self.arch)}
         if self.init_task():
             reqs["init"] = self.init_task()
