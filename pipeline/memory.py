@@ -2,8 +2,9 @@
 
 Three figures, each the peak of one process:
   - a training step (training_step_bytes): weights, gradients and optimiser state of the
-    FCN, plus the activations kept for the backward pass, the loss's K-channel maps and the
-    loader's batches; on CUDA it is device memory (activations in bf16 under autocast);
+    FCN, plus the activations kept for the backward pass and the loss's K-channel maps; on
+    CUDA it is device memory (activations in bf16 under autocast); the loader's batches
+    waiting in RAM (loader_bytes) are added on a CPU, a need of their own with CUDA;
   - building one Lab shard and one label shard (lab_shard_bytes, label_shard_bytes): a shard
     holds up to 4 x shard_size images (pipeline/plan.py) and is assembled in memory, then
     copied into an in-memory HDF5 image (pipeline/shards.write_shard): twice its arrays;
@@ -126,7 +127,8 @@ def activation_bytes(device_kind: str, cfg: dict) -> int:
 
 def training_step_bytes(cfg: dict, arch: str, device_kind: str = "cpu") -> int:
     """Peak memory of one training step of `arch` with cfg's settings (batch_size images of
-    im_size px, width, n_clusters K, optimiser), on 'cpu' (RAM) or 'cuda' (device memory)."""
+    im_size px, width, n_clusters K, optimiser), on 'cpu' (RAM) or 'cuda' (device memory);
+    the loader's batches waiting in RAM are loader_bytes."""
     s, k, batch, a = cfg["im_size"], cfg["n_clusters"], cfg["batch_size"], activation_bytes(device_kind, cfg)
     trained, frozen = parameter_count(arch, k, cfg["width"])
     weights = 4 * (trained * (2 + optimizer_states(cfg) + OPTIMIZER_SCRATCH) + frozen)   # + gradients, state
@@ -135,9 +137,14 @@ def training_step_bytes(cfg: dict, arch: str, device_kind: str = "cpu") -> int:
     side = s + 2 * CONV1_PAD - 2
     skips = sum(k * (-(-side // stride)) ** 2 for stride in SKIP_STRIDES[arch]) * a
     head = skips + LOSS_MAPS * 4 * k * ((s + HEAD_MARGIN) ** 2 + s * s)
-    target = s // cfg["img_lowpass"]
-    loader = LOADER_PREFETCH * batch * 4 * (s * s + k * target * target)
-    return int(RUNTIME_BYTES[device_kind] + weights + batch * (trunk + head) + loader)
+    return int(RUNTIME_BYTES[device_kind] + weights + batch * (trunk + head))
+
+
+def loader_bytes(cfg: dict) -> int:
+    """RAM of the batches the training loader holds at once: float32 lightness (S x S) and
+    target posteriors (K x s x s, s = S / img_lowpass) per image (train/data.py)."""
+    s, target = cfg["im_size"], cfg["im_size"] // cfg["img_lowpass"]
+    return int(LOADER_PREFETCH * cfg["batch_size"] * 4 * (s * s + cfg["n_clusters"] * target * target))
 
 
 # -------------------------------------------------------------------------- shards and the GMM
@@ -179,9 +186,13 @@ def needs(cfg: dict, archs, device_kind: str) -> list:
     found = [Need("building a Lab shard", lab_shard_bytes(cfg), "ram"),
              Need("building a label shard", label_shard_bytes(cfg), "ram"),
              Need("the GMM fit", gmm_fit_bytes(cfg), "ram")]
-    where = "device" if device_kind == "cuda" else "ram"
-    return found + [Need(f"a training step of {arch}", training_step_bytes(cfg, arch, device_kind), where)
-                    for arch in archs]
+    if not archs:
+        return found
+    if device_kind == "cuda":         # the step in the GPU's memory, the loader's batches in RAM
+        return found + [Need("the training loader's batches", loader_bytes(cfg), "ram")] + [
+            Need(f"a training step of {arch}", training_step_bytes(cfg, arch, "cuda"), "device") for arch in archs]
+    return found + [Need(f"a training step of {arch}", training_step_bytes(cfg, arch, "cpu") + loader_bytes(cfg),
+                         "ram") for arch in archs]
 
 
 # -------------------------------------------------------------------------- this machine
