@@ -2,9 +2,9 @@
 
 Each point runs in a fresh process (so one point's peak cannot hide another's): it imports
 torch, builds the FCN with models.registry, the optimiser with train.fit.make_optimizer,
-and runs --steps training steps on random lightness and softmax targets as
-train.fit.train_one_epoch does (forward, train.loss.kl_loss with labels, zero_grad,
-backward, step, confusion matrix); its peak is resource.getrusage's ru_maxrss.  The
+and runs --steps steps of train.fit.train_one_epoch (what fit runs between validations)
+on random lightness and softmax targets made as they are consumed (the loader's batches
+are loader_bytes, apart); its peak is resource.getrusage's ru_maxrss.  The
 estimate is pipeline.memory.training_step_bytes for the same settings on 'cpu'.  torch
 runs on 1 thread (as bench/train_step.py: this machine has 2 shared cores).
 
@@ -40,24 +40,18 @@ import resource, sys, torch
 sys.path.insert(0, {repo!r})
 torch.set_num_threads(1)
 from models.registry import build_network
-from train.fit import make_optimizer
-from train.loss import kl_loss
+from train.fit import TrainState, make_optimizer, train_one_epoch
 from train.metrics import ConfusionMeter
 cfg = {cfg!r}
 torch.manual_seed(0)
 net = build_network({arch!r}, cfg["n_clusters"], cfg["width"])
 opt = make_optimizer(net, cfg)
-meter = ConfusionMeter(cfg["n_clusters"], torch.device("cpu"))
+cpu = torch.device("cpu")
+state = TrainState(meter=ConfusionMeter(cfg["n_clusters"], cpu), kl_reduction=cfg["kl_reduction"])
 s, k, n, t = cfg["im_size"], cfg["n_clusters"], cfg["batch_size"], cfg["im_size"] // cfg["img_lowpass"]
-for _ in range({steps}):
-    x = torch.rand(n, 1, s, s) * 100 - 50
-    target = torch.softmax(torch.randn(n, k, t, t), 1)
-    scores = net(x)
-    loss, labels = kl_loss(scores, target, return_labels=True, reduction=cfg["kl_reduction"])
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    meter.update(scores.detach(), labels)
+batches = ((torch.rand(n, 1, s, s) * 100, torch.softmax(torch.randn(n, k, t, t), 1)) for _ in range({steps}))
+train_one_epoch(net, batches, opt, cpu, state, {steps})
+assert state.iteration == {steps}
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 """
 
