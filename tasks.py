@@ -28,10 +28,11 @@ from luigi.cmdline_parser import CmdlineParser
 from models.registry import ARCHITECTURES, DEFAULT_TEMPERATURE
 from pipeline import luigi_summary  # noqa: F401  (exit codes under a central scheduler)
 from pipeline.atomic import write_text_atomic
-from pipeline.config import resolve_config
+from pipeline.config import ConfigError, resolve_config
 from pipeline.gmm import fit_gmm, load_gmm, save_gmm, uniform_grid
 from pipeline.luigi_params import ConfigNumberParameter, OverridesParameter, check_named_task, warn_once
-from pipeline.memory import machine_memory, needs, verdict
+from pipeline.luigi_summary import bad_command_line
+from pipeline.memory import machine_memory, shard_needs, training_needs, verdict
 from pipeline.plan import batch_plans, plan_shards, sample_files
 from pipeline.preprocess import build_label_shard, build_lab_shard, gmm_features, mean_lightness
 from pipeline.prior import cluster_prior, rebalance_weights
@@ -309,31 +310,41 @@ class ConfigTask(Stage):
     config = ConfigNumberParameter(description="experiment config number (pipeline/config.py)")
     overrides = OverridesParameter(default={}, description='JSON dict of config keys to change, e.g. {"lr": 1e-4}')
     dataset = luigi.Parameter(default="", description="dataset root ('' = [colorize] dataset)")
-    trains = True            # its work trains its run (PrepareRun: only builds what training reads)
-
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        check_named_task(self, lambda: self.preflight)     # `luigi ... <this task>`: one line, exit 35
+        check_named_task(self, lambda: self.runs)       # `luigi ... <this task>`: one line, exit 35
 
     @cached_property
     def cfg(self):
         return resolve_config(self.config, self.overrides)
 
     @cached_property
-    def preflight(self) -> list:
-        """Before any work: ConfigError (one line) when the config of this task's run or of a
-        coarser run it starts from is invalid, or when what they build or train cannot fit in
-        this machine's memory (pipeline/memory.py); prints a warning for what is merely large."""
+    def runs(self) -> list:
+        """This config's training task and the coarser runs it starts from, each config resolved:
+        a ConfigError (one line) when one is invalid or its keys do not fit together."""
         runs = [self.own_run()]
         while runs[-1].init_task() is not None:
             runs.append(runs[-1].init_task())
-        machine = machine_memory(self.settings.device)
         for run in runs:
-            where = f"config {run.config}" + (" with overrides" if run.overrides else "")
-            for line in verdict(needs(run.cfg, [run.arch] if self.trains else [], machine.device_kind),
-                                machine, where):
-                warn_once(line)
+            run.cfg                                       # noqa: B018 (resolves and checks it)
         return runs
+
+    def memory_needs(self, device_kind: str) -> list:
+        """What this task's own work needs in memory (pipeline.memory.Need); none by default."""
+        return []
+
+    def deps(self):
+        """Luigi asks only the tasks it will run (never complete ones), all before any task runs:
+        refuse what this task's work cannot fit in this machine's memory, warn for what is large
+        (at the `luigi` command line: one line and exit 35, not Luigi's summary)."""
+        machine = machine_memory(self.settings.device)
+        where = f"config {self.config}" + (" with overrides" if self.overrides else "")
+        try:
+            for line in verdict(self.memory_needs(machine.device_kind), machine, where):
+                warn_once(line)
+        except ConfigError as error:
+            raise bad_command_line(error) from None
+        return super().deps()
 
     def sig_params(self) -> dict:
         return {"cfg": {k: v for k, v in self.cfg.items() if k not in _NOT_IN_RUN_SIG},
@@ -361,10 +372,10 @@ class PrepareRun(ConfigTask):
     (also `torchrun -m train.distributed --run-dir <run>`)."""
     arch = luigi.ChoiceParameter(choices=list(ARCHITECTURES), default="fcn32s")
 
-    trains = False
+    def memory_needs(self, device_kind: str) -> list:
+        return shard_needs(self.cfg)
 
     def requires(self):
-        self.preflight                 # noqa: B018 (refuses what cannot work, before any work)
         cfg, ds = self.cfg, self.dataset
         reqs = {"train": LabelSplit.from_cfg(cfg, dataset=ds, split=cfg["train_split"]),
                 "val": LabelSplit.from_cfg(cfg, dataset=ds, split=cfg["val_split"]),
@@ -415,8 +426,10 @@ class TrainRun(ConfigTask):
         init = self.cfg["init_config"] if self.cfg["init_config"] is not None else self.config
         return TRAIN_TASKS[coarser](config=init, overrides=self.overrides, dataset=self.dataset)
 
+    def memory_needs(self, device_kind: str) -> list:
+        return training_needs(self.cfg, self.arch, device_kind)
+
     def requires(self):
-        self.preflight                 # noqa: B018 (refuses what cannot work, before any work)
         reqs = {"inputs": self.clone(PrepareRun, arch=self.arch)}
         if self.init_task():
             reqs["init"] = self.init_task()

@@ -41,7 +41,7 @@ def check_named_task(task, check) -> None:
     """When `task` is of the task family the `luigi` command line names, run check() now, while
     the command line is parsed: a ConfigError is one error line and the scheduling_error exit
     code before any work, not a scheduling failure with Luigi's run summary.  Elsewhere
-    (luigi.build, tasks made while scheduling) the caller checks in requires()."""
+    (luigi.build, tasks made while scheduling) the same error is the task's scheduling failure."""
     parser = CmdlineParser.get_instance()
     if parser is None or getattr(parser.known_args, "root_task", None) != task.get_task_family():
         return

@@ -9,7 +9,7 @@ Three figures, each the peak of one process:
     holds up to 4 x shard_size images (pipeline/plan.py) and is assembled in memory, then
     copied into an in-memory HDF5 image (pipeline/shards.write_shard): twice its arrays;
   - the GMM fit (gmm_fit_bytes): sklearn's float64 samples and responsibilities.
-needs(cfg, archs, device) lists them; verdict() refuses (ConfigError, one line) what does not
+shard_needs and training_needs list them; verdict() refuses (ConfigError, one line) what does not
 fit in this machine's memory (machine_memory: RAM, or the GPU's memory read with nvidia-smi)
 and returns one warning line for each figure above LARGE of it.
 
@@ -181,18 +181,20 @@ def gmm_fit_bytes(cfg: dict) -> int:
     return int(SHARD_RUNTIME + n * (2 * 8 * 2 + 3 * 8 * cfg["n_clusters"]))
 
 
-def needs(cfg: dict, archs, device_kind: str) -> list:
-    """[Need] of a config whose work trains `archs` (none: preprocessing only) on 'cpu' or 'cuda'."""
-    found = [Need("building a Lab shard", lab_shard_bytes(cfg), "ram"),
-             Need("building a label shard", label_shard_bytes(cfg), "ram"),
-             Need("the GMM fit", gmm_fit_bytes(cfg), "ram")]
-    if not archs:
-        return found
-    if device_kind == "cuda":         # the step in the GPU's memory, the loader's batches in RAM
-        return found + [Need("the training loader's batches", loader_bytes(cfg), "ram")] + [
-            Need(f"a training step of {arch}", training_step_bytes(cfg, arch, "cuda"), "device") for arch in archs]
-    return found + [Need(f"a training step of {arch}", training_step_bytes(cfg, arch, "cpu") + loader_bytes(cfg),
-                         "ram") for arch in archs]
+def shard_needs(cfg: dict) -> list:
+    """[Need] of the preprocessing: one Lab shard, one label shard, the GMM fit (RAM)."""
+    return [Need("building a Lab shard", lab_shard_bytes(cfg), "ram"),
+            Need("building a label shard", label_shard_bytes(cfg), "ram"),
+            Need("the GMM fit", gmm_fit_bytes(cfg), "ram")]
+
+
+def training_needs(cfg: dict, arch: str, device_kind: str) -> list:
+    """[Need] of training `arch` on 'cpu' (the step and the loader's batches in RAM) or 'cuda'
+    (the step in the GPU's memory, the loader's batches in RAM)."""
+    if device_kind == "cuda":
+        return [Need("the training loader's batches", loader_bytes(cfg), "ram"),
+                Need(f"a training step of {arch}", training_step_bytes(cfg, arch, "cuda"), "device")]
+    return [Need(f"a training step of {arch}", training_step_bytes(cfg, arch, "cpu") + loader_bytes(cfg), "ram")]
 
 
 # -------------------------------------------------------------------------- this machine

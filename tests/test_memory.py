@@ -137,12 +137,12 @@ def test_verdict_refuses_what_does_not_fit_and_warns_above_half():
                             "16.0 GB of RAM; lower batch_size, im_size, width or n_clusters")
 
 
-def test_needs_lists_training_only_for_runs_that_train():
+def test_shard_and_training_needs():
     cfg = resolve_config(102)
-    assert [n.what for n in memory.needs(cfg, [], "cpu")] == [
-        "building a Lab shard", "building a label shard", "the GMM fit"]
-    loader, step = memory.needs(cfg, ["fcn16s"], "cuda")[3:]
+    assert [n.what for n in memory.shard_needs(cfg)] == ["building a Lab shard", "building a label shard",
+                                                         "the GMM fit"]
+    loader, step = memory.training_needs(cfg, "fcn16s", "cuda")
     assert step == Need("a training step of fcn16s", memory.training_step_bytes(cfg, "fcn16s", "cuda"), "device")
     assert loader == Need("the training loader's batches", 6 * 4 * 4 * (32 * 32 + 4 * 4 * 4), "ram")
-    [step] = memory.needs(cfg, ["fcn16s"], "cpu")[3:]         # on a CPU both are RAM
+    [step] = memory.training_needs(cfg, "fcn16s", "cpu")          # on a CPU both are RAM
     assert step.bytes == memory.training_step_bytes(cfg, "fcn16s", "cpu") + loader.bytes

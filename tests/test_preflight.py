@@ -39,7 +39,7 @@ def test_refused_in_one_line_with_exit_35_before_any_work(tmp_path, photo_datase
         assert code == 35, stderr
         [line] = stderr.splitlines()
         assert re.match(f"colorize-fcn: error: {task}: ConfigError: {says}", line), line
-        assert not work.exists()                          # nothing built, not even a log
+        assert {p.relative_to(work).parts[0] for p in work.rglob("*") if p.is_file()} <= {"logs"}   # nothing built
 
 
 @pytest.fixture
@@ -53,19 +53,34 @@ def machine(monkeypatch):
 
 
 def test_a_large_need_is_one_warning_line_and_a_small_one_none(machine, capsys):
-    assert [run.arch for run in tasks.TrainFCN16s(config=102).preflight] == ["fcn16s", "fcn32s"]
+    assert [run.arch for run in tasks.TrainFCN16s(config=102).runs] == ["fcn16s", "fcn32s"]
+    tasks.TrainFCN16s(config=102).deps()
     assert capsys.readouterr().err == ""
-    tasks.TrainFCN32s(config=102, overrides={"width": 1.5}).preflight     # above half of the 10 GB
+    tasks.TrainFCN32s(config=102, overrides={"width": 1.5}).deps()      # above half of the 10 GB
     assert capsys.readouterr().err.splitlines() == [
         "colorize-fcn: warning: config 102 with overrides: a training step of fcn32s needs about 8.3 GB, "
         "82% of this machine's 10.0 GB of RAM"]
 
 
 def test_outside_a_command_line_the_task_refuses_while_scheduling(machine):
-    """luigi.build: the check runs in requires(), a scheduling failure with the same message."""
+    """luigi.build: Luigi asks deps() of the tasks it will run; the same message, a scheduling failure."""
     task = tasks.TrainFCN32s(config=102, overrides={"width": 2})       # made without error
     with pytest.raises(ConfigError, match=r"^config 102 with overrides: a training step of fcn32s needs about "
                                           r"1[34]\.\d GB, more than this machine's 10\.0 GB of RAM; lower"):
-        task.requires()
+        task.deps()
     prepare = tasks.PrepareRun(config=102, overrides={"width": 2})     # builds shards only: no training figure
-    assert prepare.preflight and prepare.requires()["train"].im_size == 32
+    assert len(prepare.deps()) == 4
+
+
+def test_a_complete_run_is_not_refused(tmp_path, photo_dataset, machine):
+    """A run trained elsewhere (a bigger machine, a GPU) is complete: Luigi asks it no deps(), so
+    it is not refused here, and Evaluate of it checks nothing of its own."""
+    from conftest import work_dir_settings
+    with work_dir_settings(tmp_path / "work"):
+        run = tasks.TrainFCN32s(config=102, overrides={"width": 2}, dataset=str(photo_dataset))
+        for name in ("done.json", "best.pt"):
+            (run.run_dir() / name).parent.mkdir(parents=True, exist_ok=True)
+            (run.run_dir() / name).write_text("{}")
+        assert run.complete()
+        assert luigi.build([run], local_scheduler=True)                 # width 2 needs ~13.7 GB: refused if asked
+        assert tasks.Evaluate(config=102, overrides={"width": 2}, dataset=str(photo_dataset), arch="fcn32s").deps()
