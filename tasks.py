@@ -28,11 +28,10 @@ from luigi.cmdline_parser import CmdlineParser
 from models.registry import ARCHITECTURES, DEFAULT_TEMPERATURE
 from pipeline import luigi_summary  # noqa: F401  (exit codes under a central scheduler)
 from pipeline.atomic import write_text_atomic
-from pipeline.config import ConfigError, resolve_config
+from pipeline.config import config_name, resolve_config
 from pipeline.gmm import fit_gmm, load_gmm, save_gmm, uniform_grid
-from pipeline.luigi_params import ConfigNumberParameter, OverridesParameter, check_named_task, warn_once
-from pipeline.luigi_summary import bad_command_line
-from pipeline.memory import machine_memory, shard_needs, training_needs, verdict
+from pipeline.luigi_params import ConfigNumberParameter, OverridesParameter, check_memory, check_named_task
+from pipeline.memory import shard_needs, training_needs
 from pipeline.plan import batch_plans, plan_shards, sample_files
 from pipeline.preprocess import build_label_shard, build_lab_shard, gmm_features, mean_lightness
 from pipeline.prior import cluster_prior, rebalance_weights
@@ -310,6 +309,7 @@ class ConfigTask(Stage):
     config = ConfigNumberParameter(description="experiment config number (pipeline/config.py)")
     overrides = OverridesParameter(default={}, description='JSON dict of config keys to change, e.g. {"lr": 1e-4}')
     dataset = luigi.Parameter(default="", description="dataset root ('' = [colorize] dataset)")
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         check_named_task(self, lambda: self.runs)       # `luigi ... <this task>`: one line, exit 35
@@ -335,15 +335,8 @@ class ConfigTask(Stage):
 
     def deps(self):
         """Luigi asks only the tasks it will run (never complete ones), all before any task runs:
-        refuse what this task's work cannot fit in this machine's memory, warn for what is large
-        (at the `luigi` command line: one line and exit 35, not Luigi's summary)."""
-        machine = machine_memory(self.settings.device)
-        where = f"config {self.config}" + (" with overrides" if self.overrides else "")
-        try:
-            for line in verdict(self.memory_needs(machine.device_kind), machine, where):
-                warn_once(line)
-        except ConfigError as error:
-            raise bad_command_line(error) from None
+        refuse what this task's work cannot fit in this machine's memory, warn for what is large."""
+        check_memory(self.memory_needs, self.settings.device, config_name(self.config, self.overrides))
         return super().deps()
 
     def sig_params(self) -> dict:

@@ -249,9 +249,14 @@ def resolve_config(number, overrides=None) -> dict:
     cfg = dict(DEFAULTS)
     cfg.update(check_values(CONFIGS[number], f"config {number}"))
     cfg.update(check_values(overrides, "overrides"))
-    _check_combination(cfg, f"config {number}" + (" with overrides" if overrides else ""))
+    _check_combination(cfg, config_name(number, overrides))
     cfg["config"] = number
     return cfg
+
+
+def config_name(number, overrides) -> str:
+    """'config 14' or 'config 14 with overrides': where an error message says the problem is."""
+    return f"config {number}" + (" with overrides" if overrides else "")
 
 
 def _check_combination(cfg: dict, where: str) -> None:

@@ -9,6 +9,7 @@ from luigi.cmdline_parser import CmdlineParser
 
 from .config import CONFIGS, ConfigError, parse_overrides
 from .luigi_summary import bad_command_line
+from .memory import machine_memory, verdict
 
 
 class OverridesParameter(luigi.DictParameter):
@@ -47,6 +48,18 @@ def check_named_task(task, check) -> None:
         return
     try:
         check()
+    except ConfigError as error:
+        raise bad_command_line(error) from None
+
+
+def check_memory(needs_on, device: str, where: str) -> None:
+    """Refuse what needs_on(device kind) (pipeline.memory.Need list) cannot fit in this machine's
+    memory (pipeline.memory.verdict): at the `luigi` command line one line and the
+    scheduling_error exit code, else a ConfigError; one warning line for each large need."""
+    machine = machine_memory(device)
+    try:
+        for line in verdict(needs_on(machine.device_kind), machine, where):
+            warn_once(line)
     except ConfigError as error:
         raise bad_command_line(error) from None
 

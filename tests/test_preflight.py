@@ -7,6 +7,7 @@ import luigi
 import pytest
 
 import tasks
+from pipeline import luigi_params
 from pipeline.config import ConfigError
 from pipeline.memory import Machine
 from test_errors import _luigi, _run_all
@@ -44,9 +45,9 @@ def test_refused_in_one_line_with_exit_35_before_any_work(tmp_path, photo_datase
 
 @pytest.fixture
 def machine(monkeypatch):
-    """tasks.py sees a machine of 10 GB of RAM and no GPU."""
+    """The checks see a machine of 10 GB of RAM and no GPU."""
     small = Machine(ram=10 * 10 ** 9)
-    monkeypatch.setattr(tasks, "machine_memory", lambda device: small)
+    monkeypatch.setattr(luigi_params, "machine_memory", lambda device: small)
     luigi.task_register.Register.clear_instance_cache()
     yield small
     luigi.task_register.Register.clear_instance_cache()
