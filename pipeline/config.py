@@ -126,10 +126,10 @@ def check_values(values: Mapping, where: str) -> dict:
 # "improved".  Configs that want the improvements (32-34, 101, 102) say so explicitly.
 SCHEMA = dict(
     # -- data / labels (these decide which label shards are used; equal values share shards)
-    # <= 4096: a 4K-wide photo's side; a width-1/16 FCN-32s step at batch 1 still fits a GPU
+    # <= 4096: a 4K-wide photo's side; a width-1/16 FCN-32s step at batch 1 needs ~8 GB there
     # (pipeline/memory.py says what fits this machine)
     im_size=Key(int, 256, within(1, 4096), "network input side in pixels (shorter side resized, centre crop)"),
-    # <= 65536: a shard holds up to 4x this; 262144 images of 32 px are 1.6 GB (pipeline/memory.py)
+    # <= 65536: a shard holds up to 4x this: 262144 images of 32 px take ~3.4 GB to write (pipeline/memory.py)
     shard_size=Key(int, 256, within(1, 65_536), "expected images per HDF5 shard (content-defined boundaries)"),
     binning=Key(str, "soft", one_of("soft", "uniform"),
                 "'soft': GMM fitted on hue/chroma; 'uniform': fixed sqrt(K) x sqrt(K) grid (pipeline.gmm)"),
@@ -152,7 +152,7 @@ SCHEMA = dict(
     train_split=Key(str, "train", SPLIT_NAME, "split list used for training, GMM and mean lightness"),
     val_split=Key(str, "val", SPLIT_NAME, "split list used for validation"),
     # -- model
-    # <= 4: 16x VGG16's parameters (2.2 G: ~35 GB with gradients and Adam state), what one 80 GB GPU holds
+    # <= 4: 16x VGG16's parameters (2.2 G; a 256 px step with Adam ~50 GB), what one 80 GB GPU holds
     width=Key(float, 1.0, within(0, 4, lo_open=True), "channel multiplier of the VGG16 trunk; 1.0 = real VGG16 layout"),
     vgg_weights=Key(str, "", text_of_at_most(4096, ANY),       # 4096: PATH_MAX
                     "optional local torchvision vgg16_bn state_dict to start the trunk from"),
