@@ -28,9 +28,10 @@ from luigi.cmdline_parser import CmdlineParser
 from models.registry import ARCHITECTURES, DEFAULT_TEMPERATURE
 from pipeline import luigi_summary  # noqa: F401  (exit codes under a central scheduler)
 from pipeline.atomic import write_text_atomic
-from pipeline.config import resolve_config
+from pipeline.config import config_name, resolve_config
 from pipeline.gmm import fit_gmm, load_gmm, save_gmm, uniform_grid
-from pipeline.luigi_params import ConfigNumberParameter, OverridesParameter
+from pipeline.luigi_params import ConfigNumberParameter, OverridesParameter, check_memory, check_named_task
+from pipeline.memory import shard_needs, training_needs
 from pipeline.plan import batch_plans, plan_shards, sample_files
 from pipeline.preprocess import build_label_shard, build_lab_shard, gmm_features, mean_lightness
 from pipeline.prior import cluster_prior, rebalance_weights
@@ -309,9 +310,34 @@ class ConfigTask(Stage):
     overrides = OverridesParameter(default={}, description='JSON dict of config keys to change, e.g. {"lr": 1e-4}')
     dataset = luigi.Parameter(default="", description="dataset root ('' = [colorize] dataset)")
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        check_named_task(self, lambda: self.runs)       # `luigi ... <this task>`: one line, exit 35
+
     @cached_property
     def cfg(self):
         return resolve_config(self.config, self.overrides)
+
+    @cached_property
+    def runs(self) -> list:
+        """This config's training task and the coarser runs it starts from, each config resolved:
+        a ConfigError (one line) when one is invalid or its keys do not fit together."""
+        runs = [self.own_run()]
+        while runs[-1].init_task() is not None:
+            runs.append(runs[-1].init_task())
+        for run in runs:
+            run.cfg                                       # noqa: B018 (resolves and checks it)
+        return runs
+
+    def memory_needs(self, device_kind: str) -> list:
+        """What this task's own work needs in memory (pipeline.memory.Need); none by default."""
+        return []
+
+    def deps(self):
+        """Luigi asks only the tasks it will run (never complete ones), all before any task runs:
+        refuse what this task's work cannot fit in this machine's memory, warn for what is large."""
+        check_memory(self.memory_needs, self.settings.device, config_name(self.config, self.overrides))
+        return super().deps()
 
     def sig_params(self) -> dict:
         return {"cfg": {k: v for k, v in self.cfg.items() if k not in _NOT_IN_RUN_SIG},
@@ -319,6 +345,10 @@ class ConfigTask(Stage):
 
     def train_task(self, arch: str):
         return TRAIN_TASKS[arch](config=self.config, overrides=self.overrides, dataset=self.dataset)
+
+    def own_run(self):
+        """The training task of this task's config and arch."""
+        return self.train_task(self.arch)
 
     def command_line_args(self) -> str:
         """--config, --arch, --overrides, --dataset as a shell command line gives them."""
@@ -334,6 +364,9 @@ class PrepareRun(ConfigTask):
     rebalancing); writes <run>/inputs.json (pipeline/run_inputs.py), which training reads
     (also `torchrun -m train.distributed --run-dir <run>`)."""
     arch = luigi.ChoiceParameter(choices=list(ARCHITECTURES), default="fcn32s")
+
+    def memory_needs(self, device_kind: str) -> list:
+        return shard_needs(self.cfg)
 
     def requires(self):
         cfg, ds = self.cfg, self.dataset
@@ -375,6 +408,9 @@ class TrainRun(ConfigTask):
     def resources(self):
         return {self.settings.gpu_resource: 1}
 
+    def own_run(self):
+        return self              # (while Luigi makes this task, a clone of it would be a new one)
+
     def init_task(self):
         """The finished coarser run this one starts from (None when trained from scratch)."""
         coarser = ARCHITECTURES[self.arch].init_from
@@ -382,6 +418,9 @@ class TrainRun(ConfigTask):
             return None
         init = self.cfg["init_config"] if self.cfg["init_config"] is not None else self.config
         return TRAIN_TASKS[coarser](config=init, overrides=self.overrides, dataset=self.dataset)
+
+    def memory_needs(self, device_kind: str) -> list:
+        return training_needs(self.cfg, self.arch, device_kind)
 
     def requires(self):
         reqs = {"inputs": self.clone(PrepareRun, arch=self.arch)}

@@ -13,14 +13,8 @@ fc7, bn7): checkpoints and FCN-32s -> 16s -> 8s initialisation match on them.
 import torch.nn as nn
 import torch.nn.functional as F
 
-# (number of convs, channels at width 1) for the five VGG16 blocks
-VGG16_BLOCKS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
-FC_CHANNELS = 4096
-
-
-def scaled(channels, width):
-    """Channel count scaled by width, rounded, at least 1."""
-    return max(1, round(channels * width))
+# the layout's numbers live with the memory estimate, which reads them without torch
+from pipeline.memory import FC_CHANNELS, VGG16_BLOCKS, scaled
 
 
 def conv_names():

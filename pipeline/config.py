@@ -28,32 +28,46 @@ class ConfigError(ValueError):
 # ----------------------------------------------------------------------------- rules
 @dataclass(frozen=True)
 class Rule:
-    """An allowed-values check and how to say it ('>= 1', "one of 'adam', 'sgd'")."""
-    text: str
+    """An allowed-values check and how to say it ('in [1, 4096]', "one of 'adam', 'sgd'").
+    bounded: the rule has an upper limit; every number key needs one (a value no run can
+    reach must fail here, not after hours of preprocessing): tests/test_config.py checks it.
+    text may be a function, for rules whose wording is only known later (config numbers)."""
+    text: object
     ok: Callable[[object], bool]
+    bounded: bool = True
 
 
 def at_least(lo):
-    return Rule(f">= {lo}", lambda v: v >= lo)
+    return Rule(f">= {lo}", lambda v: v >= lo, bounded=False)
 
 
 def above(lo):
-    return Rule(f"> {lo}", lambda v: v > lo)
+    return Rule(f"> {lo}", lambda v: v > lo, bounded=False)
 
 
-def within(lo, hi, hi_open=False):
-    if hi_open:
-        return Rule(f"in [{lo}, {hi})", lambda v: lo <= v < hi)
-    return Rule(f"in [{lo}, {hi}]", lambda v: lo <= v <= hi)
+def within(lo, hi, lo_open=False, hi_open=False):
+    """lo <= v <= hi, '[lo, hi]'; an open end excludes its limit, written '(lo' or 'hi)'."""
+    def ok(v):
+        return (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
+    return Rule(f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}", ok)
 
 
 def one_of(*choices):
     return Rule("one of " + ", ".join(map(repr, choices)), lambda v: v in choices)
 
 
-ANY = Rule("", lambda v: True)
-SPLIT_NAME = Rule("a split name (letters, digits, '_', '-')", lambda v: bool(_SPLIT_RE.match(v)))
+def text_of_at_most(n, what):
+    """A string of at most n characters that `what` accepts (a Rule), e.g. a split name."""
+    return Rule(f"{what.text or 'a string'} of at most {n} characters", lambda v: len(v) <= n and what.ok(v))
+
+
+ANY = Rule("", lambda v: True, bounded=False)
+# files_<split>.txt must stay a valid file name (255 bytes on common file systems)
+SPLIT_NAME = text_of_at_most(100, Rule("a split name (letters, digits, '_', '-')",
+                                       lambda v: bool(_SPLIT_RE.match(v))))
 SEED = within(0, 2 ** 32 - 1)          # numpy and sklearn seeds are uint32
+# a config number: CONFIGS is defined below, so the rule looks it up when used
+CONFIG_NUMBER = Rule(lambda: f"among the configs {sorted(CONFIGS)}", lambda v: v in CONFIGS)
 
 
 @dataclass(frozen=True)
@@ -94,8 +108,9 @@ def check_value(name: str, value, where: str):
 
 
 def _wanted(key: Key) -> str:
-    """'an integer >= 1', "one of 'adam', 'sgd'", 'an integer or null', ..."""
-    words = [key.rule.text] if key.type is str and key.rule.text else [_TYPE_WORDS[key.type], key.rule.text]
+    """'an integer in [1, 4096]', "one of 'adam', 'sgd'", 'an integer or null', ..."""
+    text = key.rule.text() if callable(key.rule.text) else key.rule.text
+    words = [text] if key.type is str and text else [_TYPE_WORDS[key.type], text]
     return " ".join(filter(None, words + ["or null" if key.optional else ""]))
 
 
@@ -111,35 +126,49 @@ def check_values(values: Mapping, where: str) -> dict:
 # "improved".  Configs that want the improvements (32-34, 101, 102) say so explicitly.
 SCHEMA = dict(
     # -- data / labels (these decide which label shards are used; equal values share shards)
-    im_size=Key(int, 256, at_least(1), "network input side in pixels (shorter side resized, centre crop)"),
-    shard_size=Key(int, 256, at_least(1), "expected images per HDF5 shard (content-defined boundaries)"),
+    # <= 4096: a 4K-wide photo's side; a width-1/16 FCN-32s step at batch 1 needs ~8 GB there
+    # (pipeline/memory.py says what fits this machine)
+    im_size=Key(int, 256, within(1, 4096), "network input side in pixels (shorter side resized, centre crop)"),
+    # <= 65536: a shard holds up to 4x this: 262144 images of 32 px take ~3.4 GB to write (pipeline/memory.py)
+    shard_size=Key(int, 256, within(1, 65_536), "expected images per HDF5 shard (content-defined boundaries)"),
     binning=Key(str, "soft", one_of("soft", "uniform"),
                 "'soft': GMM fitted on hue/chroma; 'uniform': fixed sqrt(K) x sqrt(K) grid (pipeline.gmm)"),
-    n_clusters=Key(int, 16, at_least(2), "K, colour clusters (uniform binning: a square >= 4)"),
-    img_lowpass=Key(int, 1, at_least(1),
+    # <= 1024: 3x Zhang et al.'s 313 bins, a 32 x 32 uniform grid; each is a score map per pixel
+    n_clusters=Key(int, 16, within(2, 1024), "K, colour clusters (uniform binning: a square >= 4)"),
+    # <= 64: twice FCN-32s's output stride, beyond which the targets hold no more detail to learn
+    img_lowpass=Key(int, 1, within(1, 64),
                     "f: targets blurred with sigma f and stored at im_size / f (1 = no low-pass, "
                     "as the original without img_lowpass)"),
-    gmm_images=Key(int, 5000, at_least(1), "images sampled for the GMM fit ..."),
-    gmm_pixels=Key(int, 20, at_least(1), "... pixels per image for the GMM fit ..."),
-    gmm_pixels_few=Key(int, 1000, at_least(1), "... or this many when fewer than 100 images are available"),
+    # sample sizes: <= 2M images (ImageNet's 1.28M train images all fit), <= 65536 pixels per
+    # image (all of a 256 px image); the sample's memory is estimated (pipeline/memory.py)
+    gmm_images=Key(int, 5000, within(1, 2_000_000), "images sampled for the GMM fit ..."),
+    gmm_pixels=Key(int, 20, within(1, 65_536), "... pixels per image for the GMM fit ..."),
+    gmm_pixels_few=Key(int, 1000, within(1, 65_536), "... or this many when fewer than 100 images are available"),
     gmm_seed=Key(int, 0, SEED, "GaussianMixture random_state and pixel sampling seed"),
-    mean_pixels=Key(int, 50_000, at_least(1),
+    # <= 1e8 (400 MB of float32): the mean's standard error is then ~0.003 L units; more cannot change it
+    mean_pixels=Key(int, 50_000, within(1, 100_000_000),
                     "pixels sampled (from up to 1000 images) to estimate the mean lightness; "
                     "the original: 1000 images x 50 pixels"),
     train_split=Key(str, "train", SPLIT_NAME, "split list used for training, GMM and mean lightness"),
     val_split=Key(str, "val", SPLIT_NAME, "split list used for validation"),
     # -- model
-    width=Key(float, 1.0, above(0), "channel multiplier of the VGG16 trunk; 1.0 = real VGG16 layout"),
-    vgg_weights=Key(str, "", ANY, "optional local torchvision vgg16_bn state_dict to start the trunk from"),
+    # <= 4: 16x VGG16's parameters (2.2 G; a 256 px step with Adam ~50 GB), what one 80 GB GPU holds
+    width=Key(float, 1.0, within(0, 4, lo_open=True), "channel multiplier of the VGG16 trunk; 1.0 = real VGG16 layout"),
+    vgg_weights=Key(str, "", text_of_at_most(4096, ANY),       # 4096: PATH_MAX
+                    "optional local torchvision vgg16_bn state_dict to start the trunk from"),
     # -- optimisation
     optim=Key(str, "sgd", one_of("adam", "sgd"),
               "optimiser; the original used SGD unless a config said optim='adam'"),
-    lr=Key(float, 1e-6, above(0), "learning rate"),
+    # <= 1: Adam moves each weight by ~lr per step, and SGD's steps at lr > 1 outgrow the gradient
+    lr=Key(float, 1e-6, within(0, 1, lo_open=True), "learning rate"),
     momentum=Key(float, 0.9, within(0, 1, hi_open=True), "SGD momentum (unused by Adam)"),
-    weight_decay=Key(float, 5e-4, at_least(0), "L2 weight decay (added to the gradient, as torch Adam/SGD)"),
-    batch_size=Key(int, 1, at_least(1), "images per step (the global batch when distributed)"),
-    max_iteration=Key(int, 100_000, at_least(1), "optimiser steps in total"),
-    interval_validate=Key(int, 50, at_least(1), "validate + checkpoint every this many steps"),
+    # <= 1: a decay of 1 pulls as hard as a unit gradient; the usual values are 1e-4 to 5e-4
+    weight_decay=Key(float, 5e-4, within(0, 1), "L2 weight decay (added to the gradient, as torch Adam/SGD)"),
+    # <= 65536: the largest batches trained with (large-batch ImageNet runs: 8k-64k, many GPUs)
+    batch_size=Key(int, 1, within(1, 65_536), "images per step (the global batch when distributed)"),
+    # <= 10M steps: ~6 days at 20 steps/s (the tiny configs on a GPU); the original ran 100k
+    max_iteration=Key(int, 100_000, within(1, 10_000_000), "optimiser steps in total"),
+    interval_validate=Key(int, 50, within(1, 10_000_000), "validate + checkpoint every this many steps"),
     flip=Key(bool, False, ANY, "random horizontal flips of input and target together (the original: none)"),
     kl_reduction=Key(str, "mean_k", one_of("mean_k", "sum_k"),
                      "loss scale: 'sum_k' = per-pixel KL summed over the K clusters, mean over pixels "
@@ -155,7 +184,7 @@ SCHEMA = dict(
     channels_last=Key(str, "auto", one_of("auto", "on", "off"),
                       "images and weights in channels-last memory layout (faster convolutions on "
                       "GPUs): 'on', 'off', 'auto' = on CUDA only"),
-    init_config=Key(int, None, ANY, "FCN-16s/8s: config number of the coarser run to start from "
+    init_config=Key(int, None, CONFIG_NUMBER, "FCN-16s/8s: config number of the coarser run to start from "
                                     "(null = the same config)", optional=True),
 )
 
@@ -227,9 +256,14 @@ def resolve_config(number, overrides=None) -> dict:
     cfg = dict(DEFAULTS)
     cfg.update(check_values(CONFIGS[number], f"config {number}"))
     cfg.update(check_values(overrides, "overrides"))
-    _check_combination(cfg, f"config {number}" + (" with overrides" if overrides else ""))
+    _check_combination(cfg, config_name(number, overrides))
     cfg["config"] = number
     return cfg
+
+
+def config_name(number, overrides) -> str:
+    """'config 14' or 'config 14 with overrides': where an error message says the problem is."""
+    return f"config {number}" + (" with overrides" if overrides else "")
 
 
 def _check_combination(cfg: dict, where: str) -> None:
@@ -241,9 +275,6 @@ def _check_combination(cfg: dict, where: str) -> None:
     if cfg["im_size"] % cfg["img_lowpass"]:
         raise ConfigError(f"{where}: im_size {cfg['im_size']} must be a multiple of "
                           f"img_lowpass {cfg['img_lowpass']}")
-    if cfg["init_config"] is not None and cfg["init_config"] not in CONFIGS:
-        raise ConfigError(f"{where}: init_config {cfg['init_config']} is not a config; "
-                          f"valid configs: {sorted(CONFIGS)}")
 
 
 def parse_overrides(value) -> dict:

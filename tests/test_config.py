@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from pipeline.color import ab_to_hue_chroma
-from pipeline.config import CONFIGS, DEFAULTS, SCHEMA, ConfigError, parse_overrides, resolve_config
+from pipeline.config import (ANY, CONFIGS, DEFAULTS, SCHEMA, ConfigError, Key, above, at_least, one_of,
+                             parse_overrides, resolve_config, within)
 from pipeline.gmm import posteriors, uniform_grid
 
 
@@ -15,31 +16,77 @@ def _one_line_error(fn, *args, match):
 
 
 @pytest.mark.parametrize("overrides, match", [
-    ({"lr": -1}, r"overrides: lr must be a number > 0, got -1$"),
-    ({"lr": "fast"}, r"lr must be a number > 0, got 'fast'$"),
-    ({"lr": float("nan")}, r"lr must be a number > 0, got nan$"),
+    ({"lr": -1}, r"overrides: lr must be a number in \(0, 1\], got -1$"),
+    ({"lr": "fast"}, r"lr must be a number in \(0, 1\], got 'fast'$"),
+    ({"lr": float("nan")}, r"lr must be a number in \(0, 1\], got nan$"),
     ({"rebalance": 2}, r"rebalance must be a number in \[0, 1\], got 2$"),
     ({"momentum": 1.0}, r"momentum must be a number in \[0, 1\), got 1\.0$"),
-    ({"gmm_images": 0}, r"gmm_images must be an integer >= 1, got 0$"),
-    ({"n_clusters": 1}, r"n_clusters must be an integer >= 2, got 1$"),
-    ({"width": 0}, r"width must be a number > 0, got 0$"),
-    ({"img_lowpass": 0}, r"img_lowpass must be an integer >= 1, got 0$"),
+    ({"gmm_images": 0}, r"gmm_images must be an integer in \[1, 2000000\], got 0$"),
+    ({"n_clusters": 1}, r"n_clusters must be an integer in \[2, 1024\], got 1$"),
+    ({"width": 0}, r"width must be a number in \(0, 4\], got 0$"),
+    ({"img_lowpass": 0}, r"img_lowpass must be an integer in \[1, 64\], got 0$"),
     ({"flip": 1}, r"flip must be true or false, got 1$"),
-    ({"max_iteration": 1.5}, r"max_iteration must be an integer >= 1, got 1\.5$"),
-    ({"max_iteration": True}, r"max_iteration must be an integer >= 1, got True$"),
-    ({"batch_size": "4"}, r"batch_size must be an integer >= 1, got '4'$"),
+    ({"max_iteration": 1.5}, r"max_iteration must be an integer in \[1, 10000000\], got 1\.5$"),
+    ({"max_iteration": True}, r"max_iteration must be an integer in \[1, 10000000\], got True$"),
+    ({"batch_size": "4"}, r"batch_size must be an integer in \[1, 65536\], got '4'$"),
     ({"optim": "Adam"}, r"optim must be one of 'adam', 'sgd', got 'Adam'$"),
     ({"kl_reduction": "mean"}, r"kl_reduction must be one of 'mean_k', 'sum_k', got 'mean'$"),
     ({"seed": -1}, r"seed must be an integer in \[0, 4294967295\], got -1$"),
-    ({"val_split": "../x"}, r"val_split must be a split name .*, got '../x'$"),
-    ({"init_config": "14"}, r"init_config must be an integer or null, got '14'$"),
-    ({"init_config": 3}, r"init_config 3 is not a config; valid configs"),
+    ({"val_split": "../x"}, r"val_split must be a split name .* of at most 100 characters, got '../x'$"),
+    ({"init_config": "14"}, r"init_config must be an integer among the configs .* or null, got '14'$"),
+    ({"init_config": 3}, r"overrides: init_config must be an integer among the configs \[7, 14, .*\] or null, got 3$"),
     ({"lrate": 1e-5}, r"overrides: unknown config key 'lrate' \(did you mean 'lr'\?\); valid keys"),
     ({"binning": "uniform", "n_clusters": 15}, r"binning 'uniform' needs n_clusters a square >= 4.*got n_clusters 15"),
     ({"im_size": 100}, r"config 14 with overrides: im_size 100 must be a multiple of img_lowpass 8"),
 ])
 def test_every_bad_value_is_a_one_line_error_naming_key_and_value(overrides, match):
     _one_line_error(resolve_config, 14, overrides, match=match)
+
+
+# The values issue 16 found accepted: each would have failed only after work, or never ended.
+@pytest.mark.parametrize("overrides, match", [
+    ({"width": 1000}, r"overrides: width must be a number in \(0, 4\], got 1000$"),
+    ({"width": 1e308}, r"overrides: width must be a number in \(0, 4\], got 1e\+308$"),
+    ({"im_size": 40000}, r"overrides: im_size must be an integer in \[1, 4096\], got 40000$"),
+    ({"n_clusters": 1e9}, r"overrides: n_clusters must be an integer in \[2, 1024\], got 1000000000\.0$"),
+    ({"n_clusters": 10 ** 9}, r"overrides: n_clusters must be an integer in \[2, 1024\], got 1000000000$"),
+    ({"batch_size": 10 ** 12}, r"overrides: batch_size must be an integer in \[1, 65536\], got 1000000000000$"),
+    ({"max_iteration": 10 ** 29}, r"overrides: max_iteration must be an integer in \[1, 10000000\], got 10{29}$"),
+    ({"interval_validate": 10 ** 8}, r"interval_validate must be an integer in \[1, 10000000\], got 100000000$"),
+    ({"shard_size": 65_537}, r"shard_size must be an integer in \[1, 65536\], got 65537$"),
+    ({"img_lowpass": 128}, r"img_lowpass must be an integer in \[1, 64\], got 128$"),
+    ({"gmm_images": 2_000_001}, r"gmm_images must be an integer in \[1, 2000000\], got 2000001$"),
+    ({"gmm_pixels": 65_537}, r"gmm_pixels must be an integer in \[1, 65536\], got 65537$"),
+    ({"gmm_pixels_few": 10 ** 6}, r"gmm_pixels_few must be an integer in \[1, 65536\], got 1000000$"),
+    ({"mean_pixels": 10 ** 9}, r"mean_pixels must be an integer in \[1, 100000000\], got 1000000000$"),
+    ({"lr": 1.5}, r"lr must be a number in \(0, 1\], got 1\.5$"),
+    ({"weight_decay": 2}, r"weight_decay must be a number in \[0, 1\], got 2$"),
+    ({"seed": 2 ** 32}, r"seed must be an integer in \[0, 4294967295\], got 4294967296$"),
+    ({"vgg_weights": "w" * 4097}, r"vgg_weights must be a string of at most 4096 characters, got 'www"),
+    ({"train_split": "s" * 101}, r"train_split must be a split name .* of at most 100 characters, got 'sss"),
+])
+def test_values_above_the_upper_bound_are_refused(overrides, match):
+    _one_line_error(resolve_config, 14, overrides, match=match)
+
+
+def test_the_upper_bounds_themselves_are_accepted():
+    cfg = resolve_config(14, {"width": 4, "im_size": 4096, "n_clusters": 1024, "batch_size": 65_536,
+                              "max_iteration": 10_000_000, "shard_size": 65_536, "img_lowpass": 64, "lr": 1,
+                              "gmm_images": 2_000_000, "mean_pixels": 100_000_000, "vgg_weights": "w" * 4096})
+    assert (cfg["width"], cfg["im_size"], cfg["max_iteration"]) == (4.0, 4096, 10_000_000)
+
+
+def unbounded_keys(schema) -> list:
+    """Keys whose values have no upper limit: numbers without one, strings of any length."""
+    return [name for name, key in schema.items() if key.type is not bool and not key.rule.bounded]
+
+
+def test_every_key_has_an_upper_bound():
+    # a new key needs one too: at_least / above / ANY leave numbers and strings unbounded
+    assert unbounded_keys(SCHEMA) == []
+    probe = {"n": Key(int, 1, at_least(1), ""), "x": Key(float, 1.0, above(0), ""), "s": Key(str, "", ANY, ""),
+             "b": Key(bool, False, ANY, ""), "k": Key(int, 1, within(1, 9), ""), "o": Key(str, "a", one_of("a"), "")}
+    assert unbounded_keys(probe) == ["n", "x", "s"]
 
 
 def test_accepted_values_are_normalised():
@@ -69,7 +116,7 @@ def test_unknown_config_number():
     ('"lr"', r"got str 'lr'"),
     ("5", r"got int 5"),
     ('{"lr": 1, "lr": 2}', r"overrides: key 'lr' given twice"),
-    ('{"lr": -1}', r"overrides: lr must be a number > 0, got -1$"),
+    ('{"lr": -1}', r"overrides: lr must be a number in \(0, 1\], got -1$"),
     ('{"flip": 1}', r"flip must be true or false, got 1$"),
     ('{"lr": 1e-5,\n "nope": 1}', r"unknown config key 'nope'"),
 ])
