@@ -95,6 +95,22 @@ def build(arch: str, n_classes: int, width: float = 1.0) -> nn.Module:
     return FCN(arch, n_classes, width)
 
 
+BN_GAMMA_INITS = ("one", "uniform")
+
+
+@torch.no_grad()
+def init_bn_gamma(net: nn.Module, mode: str) -> None:
+    """Set every BatchNorm scale (gamma) of a fresh `net` as config key bn_gamma_init says:
+    'one' leaves today's PyTorch default (1); 'uniform' draws U(0, 1) from torch's global RNG
+    in module order, as PyTorch 0.3's BatchNorm did (the original's runs).  Biases stay 0."""
+    if mode not in BN_GAMMA_INITS:
+        raise ValueError(f"bn_gamma_init must be one of {BN_GAMMA_INITS}, got {mode!r}")
+    if mode == "uniform":
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None:
+                m.weight.uniform_(0, 1)
+
+
 @torch.no_grad()
 def init_from_fcn(dst, src):
     """Copy into dst every parameter and buffer of src with the same name and shape.

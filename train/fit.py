@@ -3,7 +3,7 @@
 fit() runs cfg["max_iteration"] optimiser steps.  Every cfg["interval_validate"]
 steps, and at the last step, it evaluates on the WHOLE validation split and
 writes, in this order: two log.csv rows (train.runlog), TensorBoard scalars, a
-tile image, best.pt (when the validation loss is the lowest so far), checkpoint.pt.
+tile image, best.pt (when the validation is the best so far: cfg best_by, train.best), checkpoint.pt.
 Rerunning fit on a run_dir holding checkpoint.pt resumes from it: weights,
 optimiser, iteration, epoch and position inside it, best loss and every RNG are
 restored, log rows written after the checkpoint are dropped, and the run ends at
@@ -39,7 +39,7 @@ Run folder:
   .lock              held by the process training the run (its host, pid, start time)
   checkpoint.pt      latest validation: everything needed to resume
   checkpoint.prev.pt the validation before (resume point when checkpoint.pt is unreadable)
-  best.pt            lowest validation loss so far: the Colorizer (settings + weights)
+  best.pt            best validation so far (best_by): the Colorizer (settings + weights)
   tb/                TensorBoard events
   tiles/iterNNNNNN.jpg   colour | target clusters | gray | predicted clusters | decoded colour
   loss.png, iou.png  curves from log.csv (written at the end)
@@ -47,7 +47,6 @@ Run folder:
                      (the Luigi training task's output: the run is complete)
 """
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,13 +56,14 @@ import torch
 
 from models.colorizer import Colorizer
 from models.device import autocast, resolve_device
-from models.fcn import init_from_fcn, load_vgg16_bn_weights
+from models.fcn import init_bn_gamma, init_from_fcn, load_vgg16_bn_weights
 from pipeline.atomic import remove_stale_temporaries, write_text_atomic
 from pipeline.progress import Progress
 from pipeline.runlock import RunLock
 
 from . import ddp
 from .checkpoint import load_checkpoint, save_checkpoint
+from .best import best_score, is_better
 from .data import ShardDataset, make_loader
 from .loss import kl_loss
 from .metrics import ConfusionMeter
@@ -91,17 +91,12 @@ class TrainState:
     stop: bool = False                    # set to end the session after the current step
     loss_sum: float = 0.0                 # summed step losses since the last validation
     steps: int = 0                        # steps since the last validation
-    best_loss: float = None               # lowest validation loss so far ...
+    best_loss: float = None               # the best validation's loss (best_by decides which) ...
     best_iteration: int = None            # ... and where
+    best_score: float = None              # the best validation's cfg best_by score (train.best)
     last_val: dict = None                 # the latest validation row
     elapsed_before: float = 0.0           # seconds spent in earlier sessions of this run
     loader_rng: torch.Tensor = field(default=None, repr=False)   # loader generator at epoch start
-
-
-def is_better(val_loss, best_loss) -> bool:
-    """True when val_loss is a new best: finite and strictly LOWER than the best so far.
-    (The original kept its 'best' model when the validation loss went up.)"""
-    return val_loss is not None and math.isfinite(val_loss) and (best_loss is None or val_loss < best_loss)
 
 
 def make_optimizer(model, cfg):
@@ -218,6 +213,7 @@ def build_colorizer(inputs, log=print, initialise=True):
     cfg = inputs.cfg
     colorizer = Colorizer(inputs.arch, inputs.n_clusters, cfg["width"], cfg["im_size"],
                           inputs.mean_L, inputs.gmm_arrays())
+    init_bn_gamma(colorizer.net, cfg["bn_gamma_init"])
     if initialise:
         initialise_colorizer(colorizer, inputs, log)
     return colorizer
@@ -244,6 +240,7 @@ def _restore(resume, state, colorizer, optimizer, train_loader, seed, rank, log)
     optimizer.load_state_dict(resume["optimizer"])
     state.iteration, state.epoch, state.position = resume["iteration"], resume["epoch"], resume["position"]
     state.best_loss, state.best_iteration = resume["best_loss"], resume["best_iteration"]
+    state.best_score = resume.get("best_score", state.best_loss)
     state.last_val, state.elapsed_before = resume["last_val"], resume["elapsed_s"]
     if state.world_size > 1:
         ddp.restore_rng(resume, seed, rank, state.world_size, train_loader.generator, log)
@@ -334,7 +331,7 @@ def _fit_locked(run_dir, inputs, device, loader_workers, log, on_step, stop_afte
     batch_size = int(cfg["batch_size"])
     if world_size > 1:
         batch_size = ddp.per_rank_batch(batch_size, world_size, len(train_set))
-    train_loader = make_loader(train_set, batch_size, True, loader_workers, seed, pin_memory=cuda,
+    train_loader = make_loader(train_set, batch_size, cfg["shuffle"], loader_workers, seed, pin_memory=cuda,
                                drop_last=len(train_set) >= batch_size * world_size,
                                rank=rank, world_size=world_size)
     val_loader = make_loader(val_set, batch_size, False, loader_workers, seed, pin_memory=cuda,
@@ -388,9 +385,10 @@ def _fit_locked(run_dir, inputs, device, loader_workers, log, on_step, stop_afte
         """Rank 0: log rows, TensorBoard, tiles, best.pt, checkpoint.pt (in that order)."""
         it, lr = state.iteration, optimizer.param_groups[0]["lr"]
         elapsed = state.elapsed_before + time.time() - t_session
-        best = is_better(rows["valid"]["loss"], state.best_loss)
+        score = best_score(rows["valid"], cfg["best_by"])
+        best = is_better(score, state.best_score, cfg["best_by"])
         if best:
-            state.best_loss, state.best_iteration = rows["valid"]["loss"], it
+            state.best_loss, state.best_iteration, state.best_score = rows["valid"]["loss"], it, score
         rng = rng_states(train_loader.generator)
         rng["loader"] = state.loader_rng          # the loader generator as it was at the epoch's start
         rng_ranks = ddp.gather_rng(rng) if world_size > 1 else None
@@ -409,7 +407,8 @@ def _fit_locked(run_dir, inputs, device, loader_workers, log, on_step, stop_afte
         payload = {"settings": settings, "state_dict": colorizer.state_dict(), "arch": inputs.arch,
                    "cfg": plain(cfg), "iteration": it, "max_iteration": max_iteration, "epoch": state.epoch,
                    "position": state.position, "best_loss": state.best_loss,
-                   "best_iteration": state.best_iteration, "last_val": state.last_val,
+                   "best_iteration": state.best_iteration, "best_score": state.best_score,
+                   "last_val": state.last_val,
                    "elapsed_s": elapsed, "val": dict(rows["valid"])}
         if best:                                      # best.pt first: see the module docstring
             save_checkpoint(best_path, payload)
