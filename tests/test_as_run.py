@@ -12,7 +12,7 @@ from train.data import EpochSampler, ShardDataset
 from train.checkpoint import load_checkpoint
 from train.fit import build_colorizer, fit
 
-AS_RUN = {"best_by": "mean_iou", "bn_gamma_init": "uniform"}
+AS_RUN = {"best_by": "mean_iou", "bn_gamma_init": "uniform", "im_size": 376}
 
 
 def _diff(a, b):
@@ -21,7 +21,7 @@ def _diff(a, b):
 
 # ----------------------------------------------------------------------------- the configs
 def test_as_run_configs_differ_from_the_originals_only_in_how_they_ran():
-    as_run = {k: (v, AS_RUN[k]) for k, v in (("best_by", "val_loss"), ("bn_gamma_init", "one"))}
+    as_run = {k: (v, AS_RUN[k]) for k, v in (("best_by", "val_loss"), ("bn_gamma_init", "one"), ("im_size", 256))}
     assert _diff(resolve_config(7), resolve_config(37)) == {**as_run, "shuffle": (True, False)}
     assert _diff(resolve_config(14), resolve_config(44)) == {**as_run, "gmm_images": (5000, 1000)}
     assert _diff(resolve_config(15), resolve_config(45)) == {**as_run, "gmm_images": (5000, 1000),
@@ -35,6 +35,7 @@ def test_as_run_values():
     assert (c37["train_split"], c37["val_split"], c37["n_clusters"], c37["img_lowpass"]) == ("tiny", "tiny", 32, 1)
     assert (c37["optim"], c37["lr"], c37["momentum"], c37["max_iteration"], c37["shuffle"]) == \
         ("sgd", 1e-8, 0.9, 10_000, False)
+    assert _diff(resolve_config(7), c37)["im_size"] == (256, 376)
     for c in (c44, c45):
         assert (c["optim"], c["lr"], c["n_clusters"], c["img_lowpass"], c["val_split"]) == \
             ("adam", 1e-6, 16, 8, "small")
@@ -42,6 +43,7 @@ def test_as_run_values():
     for c in (c37, c44, c45):
         assert (c["best_by"], c["bn_gamma_init"], c["batch_size"], c["flip"], c["kl_reduction"]) == \
             ("mean_iou", "uniform", 1, False, "mean_k")
+        assert c["im_size"] == 376 and c["im_size"] % c["img_lowpass"] == 0
     assert c45["init_config"] == 44 and c44["init_config"] is None
 
 
