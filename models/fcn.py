@@ -146,8 +146,9 @@ def load_vgg16_bn_weights(model, path):
         raise FileNotFoundError(f"vgg16_bn weights not found: {path} (nothing is downloaded)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path} is not a loadable state_dict: {e}") from e
+    except Exception as e:   # torch's own message is many lines and advises an unsafe load: not echoed
+        raise ValueError(f"{path} is not a loadable state_dict ({type(e).__name__}): a weights-only "
+                         f"PyTorch file of tensors is needed") from e
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a vgg16_bn state_dict")
 

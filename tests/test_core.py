@@ -56,7 +56,7 @@ def test_fit_gmm_is_deterministic_and_round_trips_without_pickle(tmp_path):
     pickled = tmp_path / "bad.npz"
     np.savez(pickled, weights=np.array([{"x": 1}], dtype=object), means=np.zeros((1, 2)),
              covariances=np.eye(2)[None])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Object arrays cannot be loaded"):
         load_gmm(pickled)                                        # object arrays are refused
 
 
@@ -67,7 +67,7 @@ def test_uniform_grid_properties():
     # a pixel at a bin centre is most likely in that bin
     p = posteriors(g["means"], g)
     assert (p.argmax(1) == np.arange(16)).all()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="square number of clusters >= 4, got 15"):
         uniform_grid(15)
 
 
