@@ -167,3 +167,15 @@ def test_shuffle_off_trains_in_file_order(tmp_path, photos4, monkeypatch):
         fit(tmp_path / str(shuffle), _inputs(photos4, _cfg(max_iteration=2, interval_validate=2,
                                                             shuffle=shuffle)), device="cpu", log=QUIET)
         assert seen == [shuffle, False]           # train loader as configured; validation never shuffled
+
+
+def test_runs_listing_reports_the_best_as_training_picks_it():
+    """`colorize-fcn runs` on a stopped run (no done.json) reads the best from log.csv by the
+    run's best_by, as training chose best.pt."""
+    from inference.runs import best_from_log
+    rows = [{"split": "valid", "iteration": str(it), "loss": str(loss), "mean_iu": str(iou)}
+            for it, loss, iou in ((5, 2.0, 0.1), (10, 1.0, 0.1), (15, 1.5, 0.3), (20, 1.2, 0.3), (25, "nan", "nan"))]
+    rows.insert(1, {"split": "train", "iteration": "5", "loss": "0.1", "mean_iu": "0.9"})
+    assert best_from_log(rows) == best_from_log(rows, "val_loss") == (1.0, 10)
+    assert best_from_log(rows, "mean_iou") == (1.5, 15)              # the first of the highest IoU
+    assert best_from_log([], "mean_iou") == (None, None)

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from itertools import zip_longest
 from pathlib import Path
 
 import h5py
@@ -24,7 +25,9 @@ def test_mixed_bad_files_every_usable_image_kept_every_other_counted(work, tmp_p
     good = [f"good/p{i}.png" for i in range(6)]
     for i, rp in enumerate(good):
         write_photo(root / rp, seed=i)
-    train = good + [f"odd/{name}" for name in expected] + ["odd/listed_but_missing.jpg"]
+    # skipped files before, between and after usable ones (badfiles lists the usable ones first)
+    odd = ["odd/listed_but_missing.jpg"] + [f"odd/{name}" for name in reversed(expected)]
+    train = [rp for pair in zip_longest(odd, good) for rp in pair if rp]
     (root / "files_train.txt").write_text("\n".join(train) + "\n")
     (root / "files_val.txt").write_text("\n".join(good[:2]) + "\n")
     build(tasks.PrepareRun(config=102, dataset=str(root)))
