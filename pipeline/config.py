@@ -8,8 +8,8 @@ Numbers 7, 14 and 15 hold the original research code's config dicts of those
 numbers; 37, 44 and 45 are its README's runs of 7, 14 and 15 as they ran (older
 commits: best model by validation mean IoU, BatchNorm gamma U(0, 1), ...) as far
 as this project's shards allow (README "Differences from the original" lists
-what still differs); 32-34 are 14, 15 and 7 with this project's improvements; 100+ are small CPU configs
-for the demo and the tests.  Machine settings (paths, workers, device) live in
+what still differs); 32-34 are 14, 15 and 7 with this project's improvements;
+100+ are small CPU configs for the demo and the tests.  Machine settings (paths, workers, device) live in
 luigi.cfg, not here.  `resolve_config(n, overrides)` is what every task uses;
 `parse_overrides(text)` turns a command line's --overrides into a checked dict.
 """

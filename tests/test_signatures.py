@@ -68,7 +68,8 @@ def _stages(ds):
     cfg = resolve_config(CONFIG)
     lab = tasks.LabSplit.from_cfg(cfg, dataset=ds, split="train")
     labels = tasks.LabelSplit.from_cfg(cfg, dataset=ds, split="train")
-    found = {"LabSplit": lab, "LabShard": lab.requires()[0], "MeanLightness": tasks.MeanLightness.from_cfg(cfg, dataset=ds),
+    found = {"LabSplit": lab, "LabShard": lab.requires()[0],
+             "MeanLightness": tasks.MeanLightness.from_cfg(cfg, dataset=ds),
              "FitGMM": tasks.FitGMM.from_cfg(cfg, dataset=ds), "LabelSplit": labels,
              "LabelShard": labels.requires()["labels"][0],
              "ClassPrior": tasks.ClassPrior.from_cfg(cfg, dataset=ds, split="train"),
