@@ -15,7 +15,6 @@ State of a run:
 """
 import csv
 import json
-import math
 import os
 import sys
 import time
@@ -26,6 +25,7 @@ from pipeline.config import ConfigError, resolve_config
 from pipeline.progress import format_seconds
 from pipeline.run_inputs import INPUTS_FILE
 from pipeline.runlock import holder as lock_holder
+from train.best import CRITERIA, is_better
 
 EVAL_METHOD = "model/annealed"  # the AuC shown: the network's posteriors, annealed-mean decoder
 COLUMNS = ("arch", "config", "overrides", "dataset", "iterations", "best", "state", "auc", "run")
@@ -107,15 +107,15 @@ def _number(text):
         return None
 
 
-def best_from_log(rows) -> tuple:
-    """(lowest finite validation loss, its iteration) of log.csv rows; (None, None) if none.
-    The first of equal losses wins, as in training (train.fit.is_better)."""
-    best = (None, None)
+def best_from_log(rows, best_by="val_loss") -> tuple:
+    """(validation loss, iteration) of the best validation of log.csv rows, as training picks
+    it (cfg best_by, train.best: the first of equal scores wins); (None, None) if none."""
+    best, score = (None, None), None
+    column = CRITERIA[best_by][0]
     for r in rows:
-        loss = _number(r.get("loss"))
-        if r.get("split") == "valid" and loss is not None and math.isfinite(loss) \
-                and (best[0] is None or loss < best[0]):
-            best = (loss, int(_number(r.get("iteration")) or 0))
+        value = _number(r.get(column))
+        if r.get("split") == "valid" and is_better(value, score, best_by):
+            best, score = (_number(r.get("loss")), int(_number(r.get("iteration")) or 0)), value
     return best
 
 
@@ -166,7 +166,7 @@ def read_run(run_dir) -> dict:
     else:                              # a stopped run resumes from the checkpoint of its last validation
         resumes = state == "stopped"
         iterations = _last_iteration([r for r in rows if r.get("split") == "valid"] if resumes else rows)
-        best = best_from_log(rows)
+        best = best_from_log(rows, cfg.get("best_by", "val_loss"))
     evals = evaluations(run_dir)
     return {"run": run_dir.name, "path": str(run_dir), "arch": inputs.get("arch") or config.get("arch"),
             "config": cfg.get("config"), "overrides": overrides_of(cfg) if cfg else None,

@@ -95,6 +95,22 @@ def build(arch: str, n_classes: int, width: float = 1.0) -> nn.Module:
     return FCN(arch, n_classes, width)
 
 
+BN_GAMMA_INITS = ("one", "uniform")
+
+
+@torch.no_grad()
+def init_bn_gamma(net: nn.Module, mode: str) -> None:
+    """Set every BatchNorm scale (gamma) of a fresh `net` as config key bn_gamma_init says:
+    'one' leaves today's PyTorch default (1); 'uniform' draws U(0, 1) from torch's global RNG
+    in module order, as PyTorch 0.3's BatchNorm did (the original's runs).  Biases stay 0."""
+    if mode not in BN_GAMMA_INITS:
+        raise ValueError(f"bn_gamma_init must be one of {BN_GAMMA_INITS}, got {mode!r}")
+    if mode == "uniform":
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None:
+                m.weight.uniform_(0, 1)
+
+
 @torch.no_grad()
 def init_from_fcn(dst, src):
     """Copy into dst every parameter and buffer of src with the same name and shape.
@@ -130,8 +146,9 @@ def load_vgg16_bn_weights(model, path):
         raise FileNotFoundError(f"vgg16_bn weights not found: {path} (nothing is downloaded)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path} is not a loadable state_dict: {e}") from e
+    except Exception as e:   # torch's own message is many lines and advises an unsafe load: not echoed
+        raise ValueError(f"{path} is not a loadable state_dict ({type(e).__name__}): a weights-only "
+                         f"PyTorch file of tensors is needed") from e
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a vgg16_bn state_dict")
 

@@ -4,10 +4,12 @@ SCHEMA declares every key once: its type, default, allowed values and what it
 means.  The same checks run on the numbered configs and on --overrides, so
 every bad value is a one-line ConfigError naming the key and the value.
 
-Numbers 7, 14 and 15 are the original research code's experiments, as it ran
-them (README "Experiment configs" lists what still differs); 32-34 are the
-same experiments with this project's improvements; 100+ are small CPU configs
-for the demo and the tests.  Machine settings (paths, workers, device) live in
+Numbers 7, 14 and 15 hold the original research code's config dicts of those
+numbers; 37, 44 and 45 are its README's runs of 7, 14 and 15 as they ran (older
+commits: best model by validation mean IoU, BatchNorm gamma U(0, 1), ...) as far
+as this project's shards allow (README "Differences from the original" lists
+what still differs); 32-34 are 14, 15 and 7 with this project's improvements;
+100+ are small CPU configs for the demo and the tests.  Machine settings (paths, workers, device) live in
 luigi.cfg, not here.  `resolve_config(n, overrides)` is what every task uses;
 `parse_overrides(text)` turns a command line's --overrides into a checked dict.
 """
@@ -120,10 +122,13 @@ def check_values(values: Mapping, where: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- schema
-# DEFAULTS are the original's behaviour (SGD, no flips, loss averaged over K ...), so a
-# numbered config reads like the original's config dict: a key it does not set behaves
-# as the original's code did, and the meaning of 7/14/15 cannot drift when a default is
-# "improved".  Configs that want the improvements (32-34, 101, 102) say so explicitly.
+# Most DEFAULTS are the original's behaviour (SGD, no flips, loss averaged over K ...), so a
+# numbered config reads like the original's config dict, and the meaning of 7/14/15 cannot
+# drift when such a default is "improved"; configs that want the improvements (32-34, 101,
+# 102) say so explicitly.  Not the original's: val_split 'val' (its default was 'small'),
+# n_clusters 16 (its command line's default was 32), seed (it seeded torch only, with 1337),
+# best_by 'val_loss' and bn_gamma_init 'one' (its runs: 'mean_iou' and 'uniform'; the
+# as-run configs 37/44/45 set them).
 SCHEMA = dict(
     # -- data / labels (these decide which label shards are used; equal values share shards)
     # <= 4096: a 4K-wide photo's side; a width-1/16 FCN-32s step at batch 1 needs ~8 GB there
@@ -184,6 +189,14 @@ SCHEMA = dict(
     channels_last=Key(str, "auto", one_of("auto", "on", "off"),
                       "images and weights in channels-last memory layout (faster convolutions on "
                       "GPUs): 'on', 'off', 'auto' = on CUDA only"),
+    shuffle=Key(bool, True, ANY, "shuffle the training images every epoch (false: the split list's "
+                                 "order, as the original's config-7 run)"),
+    best_by=Key(str, "val_loss", one_of("val_loss", "mean_iou"),
+                "which validation best.pt keeps: 'val_loss' the lowest validation loss, 'mean_iou' "
+                "the highest validation mean IoU (the original's runs; train.best)"),
+    bn_gamma_init=Key(str, "one", one_of("one", "uniform"),
+                      "BatchNorm scale (gamma) at initialisation: 'one' (today's PyTorch), 'uniform' "
+                      "U(0, 1) (the PyTorch 0.3 of the original's runs; models.fcn.init_bn_gamma)"),
     init_config=Key(int, None, CONFIG_NUMBER, "FCN-16s/8s: config number of the coarser run to start from "
                                     "(null = the same config)", optional=True),
 )
@@ -204,12 +217,25 @@ _ORIGINAL_14 = dict(                # FCN-32s on the full train list, 8x low-pas
 
 # This project's improvements on top of them (not re-tuned at full scale):
 # - kl_reduction 'sum_k': the loss is the per-pixel KL in nats (K times the original's),
-#   and weight decay 5e-4 then weighs against it as in the FCN reference (a summed
-#   per-pixel loss), instead of K times stronger;
+#   so weight decay 5e-4 weighs K times less against the data term.  (Neither reduction is
+#   the FCN reference's weighting: it sums its cross-entropy over all pixels, unnormalised.)
 # - flips (FCN-32s/16s): twice the distinct training inputs;
 # - Adam for the tiny over-fit, at the lr of the original's own Adam debug configs
 #   (9-11: 1e-4): SGD at lr 1e-8 on a K-times-smaller loss barely moves.
 _IMPROVED = dict(kl_reduction="sum_k")
+
+# The original's README runs as they ran, as far as this project's shards allow (checked
+# against its git history: 7 ran at commit 0cbf69f, 14 at db517d6, 15 at 8b659a0, all before
+# its 256x256 resize c2dd224): best.pt by the highest validation mean IoU, BatchNorm gamma
+# U(0, 1) (the PyTorch 0.3 of the time), 7 unshuffled, the GMM of 14 and 15 fitted on 1,000
+# images x 20 pixels.  What still differs (500 px longer side there, Lab, precomputed
+# targets, the fixes, 15's own unseeded GMM): README "Differences from the original".
+# im_size 376: the original scaled the longer side to 500 px, aspect kept; ImageNet's usual
+# 500 x 375 photo then has a 375 px shorter side, which 376 (a multiple of img_lowpass 8) keeps,
+# so the sigma-8 target blur and the 32 px output stride cover the same share of the content
+# (at 256 ~1.5x coarser for such photos, ~2x for square ones); the crop still drops the longer
+# side's ends.
+_AS_RUN = dict(best_by="mean_iou", bn_gamma_init="uniform", im_size=376)
 
 CONFIGS = {
     # 7: the original's tiny over-fit of 9 images, 32 soft bins, SGD.
@@ -225,6 +251,14 @@ CONFIGS = {
     # 34: improved tiny over-fit: config 7 with Adam (lr 1e-4) and the loss summed over K;
     # no flips: it checks that 9 images can be memorised, and validates on them unflipped.
     34: dict(_ORIGINAL_7, **_IMPROVED, optim="adam", lr=1e-4),
+    # 37: config 7 as its README run ran: unshuffled (the tiny list's order), best by mean IoU.
+    37: dict(_ORIGINAL_7, **_AS_RUN, shuffle=False),
+    # 44: config 14 as its README run ran: GMM on 1,000 images x 20 pixels, best by mean IoU.
+    44: dict(_ORIGINAL_14, **_AS_RUN, gmm_images=1000),
+    # 45: config 15 as its README run ran: FCN-16s from the best-IoU config-44 FCN-32s.  The
+    # original refit its own unseeded GMM here (clusters not those of the FCN-32s it started
+    # from); that cannot be reproduced with shared clusters: 45 uses 44's GMM.
+    45: dict(_ORIGINAL_14, **_AS_RUN, gmm_images=1000, init_config=44),
     # 101: CPU demo on the bundled photos: over-fit a narrow network in minutes.  Like
     # config 7 it validates on its training photos (a sanity check that the model can
     # learn the targets); evaluate on 'val' for held-out numbers.  Sets every key whose

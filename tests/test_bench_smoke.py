@@ -25,7 +25,6 @@ def test_gpu_train_smoke_reports_every_combination():
     result = last_json_line("--smoke")
     assert {"bench", "value", "unit", "goal", "rows"} <= set(result)
     assert (result["bench"], result["unit"], result["goal"]) == ("gpu_train", "img/s", 800)
-    assert math.isfinite(result["value"]) and result["value"] > 0
     rows, skipped = result["rows"], result["skipped"]
     assert {r["arch"] for r in rows} == {"fcn32s", "fcn16s"}
     assert len(rows) + len(skipped) == 4                      # 2 archs x (fp32, bf16)
@@ -37,9 +36,15 @@ def test_gpu_train_smoke_reports_every_combination():
         assert 0 < r["data_wait_frac"] < 1                   # a worker process fed every step
         assert math.isfinite(r["loss"]) and r["loss"] > 0
         assert (r["peak_gib"] is None) == (not torch.cuda.is_available())
+    # the headline (fcn16s, bf16, channels_last) is the value; where bf16 autocast does not work
+    # it is skipped and the value is null
     headline = [r for r in rows if (r["arch"], r["precision"], r["format"]) == ("fcn16s", "bf16", "channels_last")]
-    if headline:
-        assert result["value"] == headline[0]["img_per_s"]
+    bf16_skipped = [c for c in skipped if c["precision"] == "bf16"]
+    assert len(headline) + len(bf16_skipped) >= 1
+    if bf16_skipped:
+        assert headline == [] and result["value"] is None
+    else:
+        assert len(headline) == 1 and result["value"] == headline[0]["img_per_s"] > 0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: the full run would run")

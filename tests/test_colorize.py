@@ -212,6 +212,17 @@ def test_collect_inputs_files_folders_globs_and_clashes(tmp_path):
     assert [e[0] for e in errors] == [str(tmp_path / "nothing*.jpg")] and refused == []
     items, errors, _ = collect_inputs([tmp_path / "c"], out, ".jpg")
     assert [d.relative_to(out).as_posix() for _, d in items] == ["x.jpg"]
+    # three inputs named x.png and one literally named x-2.png: four distinct outputs
+    for name in ("d/x.png", "e/x.png", "f/x-2.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    for order in (["c/x.png", "d/x.png", "e/x.png", "f/x-2.png"], ["f/x-2.png", "c/x.png", "d/x.png", "e/x.png"]):
+        items, errors, _ = collect_inputs([tmp_path / name for name in order], out)
+        dst = {Path(s).relative_to(tmp_path).as_posix(): d.relative_to(out).as_posix() for s, d in items}
+        assert errors == [] and len(set(dst.values())) == 4
+        assert dst == ({"c/x.png": "x.png", "d/x.png": "x-2.png", "e/x.png": "x-3.png", "f/x-2.png": "x-2-2.png"}
+                       if order[0] == "c/x.png" else
+                       {"f/x-2.png": "x-2.png", "c/x.png": "x.png", "d/x.png": "x-3.png", "e/x.png": "x-4.png"})
     items, errors, _ = collect_inputs([tmp_path / "b.png"], tmp_path)    # would write over its input
     assert items == [] and len(errors) == 1 and "would replace it" in errors[0][1]
 

@@ -56,7 +56,7 @@ def test_fit_gmm_is_deterministic_and_round_trips_without_pickle(tmp_path):
     pickled = tmp_path / "bad.npz"
     np.savez(pickled, weights=np.array([{"x": 1}], dtype=object), means=np.zeros((1, 2)),
              covariances=np.eye(2)[None])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Object arrays cannot be loaded"):
         load_gmm(pickled)                                        # object arrays are refused
 
 
@@ -67,7 +67,7 @@ def test_uniform_grid_properties():
     # a pixel at a bin centre is most likely in that bin
     p = posteriors(g["means"], g)
     assert (p.argmax(1) == np.arange(16)).all()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="square number of clusters >= 4, got 15"):
         uniform_grid(15)
 
 
@@ -92,12 +92,37 @@ def test_lowpass_does_not_smear_red_into_green():
     assert ((hue < 0.05) | (hue > 0.95)).all()                 # stays red; a hue blur would give ~0.5 (cyan)
 
 
-def test_target_posteriors_shape_and_sum():
-    g = uniform_grid(9)
-    ab = np.random.default_rng(6).uniform(-60, 60, (2, 32, 32)).astype(np.float32)
+def _reference_posteriors(ab, gmm, f):
+    """The definition, computed the slow way: sigma-f Gaussian blur of a and b at full size,
+    the f x f block means, hue/chroma, then Bayes' rule with the Gaussian densities."""
+    from scipy.ndimage import gaussian_filter
+    blur = np.stack([gaussian_filter(plane.astype(np.float64), f, mode="reflect") for plane in ab])
+    s = ab.shape[-1] // f
+    small = blur.reshape(2, s, f, s, f).mean(axis=(2, 4))
+    x = ab_to_hue_chroma(small[0], small[1]).reshape(-1, 2).astype(np.float64)
+    d = x[:, None, :] - gmm["means"][None]                                   # (N, K, 2)
+    q = np.einsum("nki,kij,nkj->nk", d, np.linalg.inv(gmm["covariances"]), d)
+    lik = gmm["weights"] * np.exp(-0.5 * q) / np.sqrt(np.linalg.det(gmm["covariances"]))
+    return (lik / lik.sum(1, keepdims=True)).T.reshape(-1, s, s)
+
+
+def test_target_posteriors_are_the_posteriors_of_the_low_passed_colours():
+    # a smooth colour field (so the fast low-pass is within ~0.2 ab units of the full-size blur)
+    y, x = np.mgrid[0:32, 0:32] / 32
+    ab = np.stack([50 * np.cos(2 * np.pi * (x + 0.3 * y)), 50 * np.sin(2 * np.pi * (0.5 * x + y))]).astype(np.float32)
+    g = {"weights": np.array([0.2, 0.3, 0.5]), "means": np.array([[0.1, 0.3], [0.5, 0.2], [0.8, 0.4]]),
+         "covariances": np.tile(np.eye(2) * 0.02, (3, 1, 1))}
     p = target_posteriors(ab, g, 4)
-    assert p.shape == (9, 8, 8)
+    ref = _reference_posteriors(ab, g, 4)
+    assert p.shape == ref.shape == (3, 8, 8) and p.dtype == np.float32
+    np.testing.assert_allclose(p, ref, atol=0.03)
+    assert p.max() > 0.95 and set(np.unique(p.argmax(0))) == {0, 1, 2}       # peaked, every cluster wins somewhere
+    top2 = np.sort(ref, axis=0)[-2:]
+    clear = top2[1] - top2[0] > 0.1                                          # not a near-tie
+    assert clear.sum() > 48 and (p.argmax(0) == ref.argmax(0))[clear].all()
     np.testing.assert_allclose(p.sum(0), 1, atol=1e-5)
+    u = target_posteriors(ab, uniform_grid(9), 4)                            # the uniform grid too
+    np.testing.assert_allclose(u, _reference_posteriors(ab, uniform_grid(9), 4), atol=0.01)
 
 
 def test_shard_fixed_point_gives_the_float_labels():

@@ -82,9 +82,9 @@ def test_missing_root(tmp_path):
 
 
 def test_invalid_split_name(tmp_path):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"invalid split name '\.\./train'"):
         list_split(tmp_path, "../train")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="invalid split name 'tr ain'"):
         write_split_lists(tmp_path, {"tr ain": ["a.jpg"]})
 
 
@@ -104,8 +104,10 @@ def test_write_split_lists_round_trip_and_atomic_replace(tmp_path):
 @pytest.mark.parametrize("bad", ["/abs.jpg", "../up.jpg", "#hash.jpg", " pad.jpg", "a\nb.jpg"])
 def test_write_split_lists_rejects_unrepresentable_paths(tmp_path, bad):
     write_split_lists(tmp_path, {"train": ["keep.jpg"]})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"absolute path|escapes the dataset root|cannot be stored in a list "
+                                         r"file|contains a NUL or newline") as e:
         write_split_lists(tmp_path, {"train": ["x.jpg", bad]})
+    assert repr(bad)[1:-1] in str(e.value)
     assert list_split(tmp_path, "train") == ["keep.jpg"]  # old list intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["files_train.txt"]
 
@@ -387,9 +389,9 @@ def test_generate_folders_hold_at_most_1000_files():
 
 
 def test_generate_argument_checks(tmp_path):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="n must be >= 1, got 0"):
         generate_imagenet_like(tmp_path / "x", 0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"val_fraction must be in \[0, 1\), got 1\.0"):
         generate_imagenet_like(tmp_path / "x", 10, val_fraction=1.0)
     assert not (tmp_path / "x").exists()
 

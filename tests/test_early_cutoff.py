@@ -29,10 +29,14 @@ def task(cls, **params):
     return cls(config=CFG, overrides=OVERRIDES, **params)
 
 
+NOT_OUTPUTS = ("cache", "logs")   # the fingerprint cache; Luigi's log file, which the first build
+#                                  of a process opens in its work dir and every build appends to
+
+
 def snapshot(work):
-    """{path relative to work: (inode, mtime)} of every output (not the fingerprint cache)."""
+    """{path relative to work: (inode, mtime)} of every output (not NOT_OUTPUTS)."""
     return {p.relative_to(work): (st.st_ino, st.st_mtime_ns) for p in work.rglob("*")
-            if p.is_file() and p.relative_to(work).parts[0] != "cache" for st in [p.stat()]}
+            if p.is_file() and p.relative_to(work).parts[0] not in NOT_OUTPUTS for st in [p.stat()]}
 
 
 def written(before, work):

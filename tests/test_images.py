@@ -390,7 +390,7 @@ def test_skipimage_is_picklable_and_readable():
 
 def test_invalid_im_size(odd):
     folder, _ = odd
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="im_size must be >= 1, got 0"):
         load_rgb(folder / "good.png", 0)
 
 

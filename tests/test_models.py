@@ -68,7 +68,7 @@ def test_colorizer_settings_round_trip_gives_the_same_outputs():
     with torch.no_grad():
         torch.testing.assert_close(copy(L), colorizer(L), rtol=0, atol=0)
     torch.testing.assert_close(copy.posteriors(L), colorizer.posteriors(L), rtol=0, atol=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"unknown architecture 'fcn4s'; registered: \['fcn16s', 'fcn32s', 'fcn8s'\]"):
         build_model("fcn4s", 7)
 
 
@@ -288,7 +288,8 @@ def test_load_vgg16_bn_weights(tmp_path):
     with pytest.raises(ValueError, match="not a vgg16_bn"):
         load_vgg16_bn_weights(model, tmp_path / "other.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"junk\.pth is not a loadable state_dict \(UnpicklingError\): a weights-only") as e:
         load_vgg16_bn_weights(model, tmp_path / "junk.pth")
+    assert "\n" not in str(e.value) and "weights_only" not in str(e.value)   # never torch's unsafe advice
     with pytest.raises(ValueError, match="width 1"):
         load_vgg16_bn_weights(build_model("fcn32s", n_classes=5, width=W), path)

@@ -41,36 +41,47 @@ def test_full_preprocessing_then_identical_rerun_runs_nothing(work, photo_datase
     assert ran.families() == []
 
 
-def test_label_shards_agree_with_sklearn_and_align_with_lab_shards(work, photo_dataset):
+def _check_labels_against_sklearn(dataset, k, lowpass, **overrides):
+    """Every train label shard holds, row by row, sklearn's posteriors of the low-passed ab of
+    the Lab shard's row under the stage's GMM (K components, targets at 32 / lowpass px);
+    returns the number of images checked."""
     from sklearn.mixture import GaussianMixture
-    build(labels(photo_dataset))
-    split = train_labels(photo_dataset)
+    split = tasks.LabelSplit.from_cfg(resolve_config(CFG, overrides), dataset=str(dataset), split="train")
     gmm = load_gmm(split.requires()["labels"][0].requires()["gmm"].output().path)
-    gm = GaussianMixture(len(gmm["weights"]), covariance_type="full")
+    assert len(gmm["weights"]) == k
+    gm = GaussianMixture(k, covariance_type="full")
     gm.weights_, gm.means_, gm.covariances_ = gmm["weights"], gmm["means"], gmm["covariances"]
     gm.precisions_cholesky_ = np.linalg.inv(np.linalg.cholesky(gmm["covariances"])).transpose(0, 2, 1)
-    total = 0
+    total, side = 0, 32 // lowpass
     for lab_path, label_path in split.pairs():
         paths = read_array(lab_path, "paths")
         assert list(read_array(label_path, "paths")) == list(paths)
         ab = decode_lab(read_array(lab_path, "ab"))
-        post = read_array(label_path, "posteriors").astype(np.float64)   # (N, K, 16, 16)
-        assert post.shape[1:] == (4, 4, 4)
+        post = read_array(label_path, "posteriors").astype(np.float64)   # (N, K, side, side)
+        assert post.shape[1:] == (k, side, side)
         for i in range(len(paths)):
-            small = lowpass_ab(ab[i], 8)
+            small = lowpass_ab(ab[i], lowpass)
             ref = gm.predict_proba(ab_to_hue_chroma(small[0], small[1]).reshape(-1, 2))
-            got = post[i].reshape(4, -1).T
+            got = post[i].reshape(k, -1).T
             assert np.abs(got - ref).max() < 1e-3
             total += 1
-    assert total == 12
+    return total
+
+
+def test_label_shards_agree_with_sklearn_and_align_with_lab_shards(work, photo_dataset):
+    build(labels(photo_dataset))
+    assert _check_labels_against_sklearn(photo_dataset, 4, 8) == 12
 
 
 def test_changing_a_posterior_only_setting_reruns_only_the_label_shards(work, photo_dataset, ran):
     build(labels(photo_dataset))
+    gmm_before = {p.name: p.read_bytes() for p in (work / "gmm").rglob("*.npz")}
     ran.clear()
     build(labels(photo_dataset, img_lowpass=4))
     fam = ran.families()
     assert fam.count("LabelShard") >= 3 and fam.count("LabShard") == 0 and fam.count("FitGMM") == 0
+    assert {p.name: p.read_bytes() for p in (work / "gmm").rglob("*.npz")} == gmm_before
+    assert _check_labels_against_sklearn(photo_dataset, 4, 4, img_lowpass=4) == 12   # 8x8 targets now
 
 
 def test_changing_k_reruns_gmm_and_labels_never_lab_shards(work, photo_dataset, ran):
@@ -79,6 +90,7 @@ def test_changing_k_reruns_gmm_and_labels_never_lab_shards(work, photo_dataset, 
     build(labels(photo_dataset, n_clusters=6))
     fam = ran.families()
     assert fam.count("FitGMM") == 1 and fam.count("LabelShard") >= 3 and fam.count("LabShard") == 0
+    assert _check_labels_against_sklearn(photo_dataset, 6, 8, n_clusters=6) == 12
 
 
 def _shard_files(task_family_tasks):
@@ -145,7 +157,13 @@ def test_uniform_binning_needs_no_fit_on_data(work, photo_dataset, ran):
     build(labels(photo_dataset, binning="uniform"))
     gmm_task = [t for t in ran.tasks() if t.task_family == "FitGMM"][0]
     g = load_gmm(gmm_task.output().path)
-    assert len(g["weights"]) == 4 and gmm_task.requires() == []
+    assert gmm_task.requires() == []
+    # the saved grid is the original's 2 x 2 grid: (hue, chroma) corners, hue fastest, equal
+    # weights, sigma = the Voronoi radius 1 / sqrt(2) (variance 0.5)
+    np.testing.assert_array_equal(g["means"], [(0, 0), (1, 0), (0, 1), (1, 1)])
+    np.testing.assert_allclose(g["weights"], [0.25] * 4)
+    np.testing.assert_allclose(g["covariances"], np.tile(np.eye(2) * 0.5, (4, 1, 1)))
+    assert _check_labels_against_sklearn(photo_dataset, 4, 8, binning="uniform") == 12
 
 
 def test_two_workers_from_the_command_line_build_the_same_outputs(work, photo_dataset, ran):

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from itertools import zip_longest
 from pathlib import Path
 
 import h5py
@@ -12,7 +13,8 @@ import h5py
 import tasks
 from badfiles import write_odd_files
 from conftest import build, write_photo
-from pipeline.shards import read_array, read_attrs, verify_shard
+from pipeline.shards import read_attrs, verify_shard
+from test_shard_rows import assert_rows_match_paths
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,7 +25,9 @@ def test_mixed_bad_files_every_usable_image_kept_every_other_counted(work, tmp_p
     good = [f"good/p{i}.png" for i in range(6)]
     for i, rp in enumerate(good):
         write_photo(root / rp, seed=i)
-    train = good + [f"odd/{name}" for name in expected] + ["odd/listed_but_missing.jpg"]
+    # skipped files before, between and after usable ones (badfiles lists the usable ones first)
+    odd = ["odd/listed_but_missing.jpg"] + [f"odd/{name}" for name in reversed(expected)]
+    train = [rp for pair in zip_longest(odd, good) for rp in pair if rp]
     (root / "files_train.txt").write_text("\n".join(train) + "\n")
     (root / "files_val.txt").write_text("\n".join(good[:2]) + "\n")
     build(tasks.PrepareRun(config=102, dataset=str(root)))
@@ -31,8 +35,8 @@ def test_mixed_bad_files_every_usable_image_kept_every_other_counted(work, tmp_p
     split = tasks.LabSplit(dataset=str(root), im_size=32, split="train", shard_size=4)
     manifest = json.loads(Path(split.output().path).read_text())
     kept = set()
-    for path in split.shard_paths():
-        kept |= set(read_array(path, "paths"))
+    for path in split.shard_paths():                        # row i of a shard is the image paths[i] names
+        kept |= set(assert_rows_match_paths(root, path, 32))
     usable = {f"odd/{n}" for n, reason in expected.items() if reason is None} | set(good)
     assert kept == usable                                   # every usable colour image is in the shards
     skipped = {path: reason for path, reason, _ in manifest["skipped"]}

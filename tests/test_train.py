@@ -202,12 +202,14 @@ def test_kl_loss_properties():
 # ----------------------------------------------------------------------------- data
 def _synthetic_shards(folder, n=5, size=8, small=4):
     """L ramps up left -> right; the target posterior of cluster 0 ramps up too: both
-    asymmetric, so a flip of one without the other shows."""
+    asymmetric, so a flip of one without the other shows.  Both differ per image (a wrong
+    row shows).  Returns (pairs, L, posteriors)."""
     L = np.tile(np.linspace(10, 90, size, dtype=np.float32), (n, size, 1))
     L += np.arange(n, dtype=np.float32)[:, None, None]               # tell images apart
     ramp = np.tile(np.linspace(0.1, 0.9, small, dtype=np.float32), (small, 1))
     post = np.zeros((n, 2, small, small), np.float32)
-    post[:, 0], post[:, 1] = ramp, 1 - ramp
+    post[:, 0] = ramp * (0.5 + 0.1 * np.arange(n, dtype=np.float32))[:, None, None]
+    post[:, 1] = 1 - post[:, 0]
     ab = np.zeros((n, 2, size, size), np.float32)
     ab[:, 0] = 20.0
     pairs = []
@@ -217,17 +219,19 @@ def _synthetic_shards(folder, n=5, size=8, small=4):
                           "paths": [f"{j}.png" for j in range(n)][sl]}, {})
         write_shard(label, {"posteriors": post[sl].astype(np.float16)}, {})
         pairs.append((lab, label))
-    return pairs, L
+    return pairs, L, post
 
 
 def test_dataset_shapes_index_and_unflipped(tmp_path):
-    pairs, L = _synthetic_shards(tmp_path)
+    pairs, L, post = _synthetic_shards(tmp_path)
     ds = ShardDataset(pairs, flip=False)
     assert len(ds) == 5 and (ds.image_size, ds.target_size, ds.n_classes) == (8, 4, 2)
-    x, t = ds[4]                                                     # second shard, row 1
-    assert x.dtype == torch.float32 and x.shape == (1, 8, 8) and t.shape == (2, 4, 4)
-    np.testing.assert_allclose(x[0].numpy(), decode_lab(encode_lab(L[4])))   # raw L: the Colorizer centres it
-    torch.testing.assert_close(t.sum(0), torch.ones(4, 4), atol=2e-3, rtol=0)
+    for i in range(5):                                               # rows of both shards, in order
+        x, t = ds[i]
+        assert x.dtype == torch.float32 and x.shape == (1, 8, 8) and t.shape == (2, 4, 4)
+        np.testing.assert_allclose(x[0].numpy(), decode_lab(encode_lab(L[i])))   # raw L: the Colorizer centres it
+        np.testing.assert_allclose(t.numpy(), post[i], atol=1e-3)    # float16 in the shard
+        torch.testing.assert_close(t.sum(0), torch.ones(4, 4), atol=2e-3, rtol=0)
     v = ds.get_visual(4)
     assert v["ab"].shape == (2, 8, 8) and v["path"] == "4.png" and v["posteriors"].shape == (2, 4, 4)
     with pytest.raises(IndexError):
@@ -235,7 +239,7 @@ def test_dataset_shapes_index_and_unflipped(tmp_path):
 
 
 def test_flip_applies_to_input_and_target_together(tmp_path):
-    pairs, _ = _synthetic_shards(tmp_path)
+    pairs, _, _ = _synthetic_shards(tmp_path)
     ds = ShardDataset(pairs, flip=True)
     torch.manual_seed(0)
     flipped = []
@@ -356,7 +360,19 @@ def test_fit_is_deterministic_and_writes_its_run_folder(tmp_path, photos6):
     assert tile.size[1] >= 4 * SIZE and tile.size[0] >= 5 * SIZE      # 4 val images x 5 panels
     r = results[0]
     assert r["iterations"] == 6 and r["complete"] and r["images_per_s"] > 0
-    assert set(r["final"]) == {"loss", "acc", "acc_cls", "mean_iu", "fwavacc"}
+    # what the files hold: the last validation row is the result's final scores, best.pt the
+    # lowest validation loss of the log (with its weights), done.json the result
+    last = logs[0][-1]
+    assert {k: pytest.approx(float(last[k])) for k in r["final"]} == r["final"]
+    valid = [(float(v["loss"]), int(v["iteration"])) for v in _valid(logs[0])]
+    best = load_checkpoint(run / "best.pt")
+    assert (best["iteration"], r["best_iteration"]) == (min(valid)[1],) * 2
+    assert r["best_val_loss"] == pytest.approx(min(valid)[0]) and 0 < r["best_val_loss"] < 10
+    last_weights = load_checkpoint(run / "checkpoint.pt")["state_dict"]
+    assert all(torch.equal(best["state_dict"][k], v) for k, v in last_weights.items()) == (best["iteration"] == 6)
+    done = json.loads((run / "done.json").read_text())
+    assert done["best_iteration"] == r["best_iteration"] and done["iterations"] == 6
+    assert done["final"] == pytest.approx(r["final"])
 
 
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, photos6):

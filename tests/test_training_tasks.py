@@ -3,11 +3,15 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import tasks
 from conftest import build
+from pipeline.color import rgb_to_lab
+from test_colorize import assert_keeps_lightness
 from pipeline.config import ConfigError, resolve_config
 
 CFG = 102
@@ -26,11 +30,21 @@ def test_train_fcn16s_runs_the_whole_pipeline_and_writes_every_run_file(work, ph
     for run in (t16.init_task().run_dir(), t16.run_dir()):
         for name in ("done.json", "best.pt", "checkpoint.pt", "log.csv", "config.json", "loss.png", "iou.png"):
             assert (run / name).exists(), run / name
-        assert list((run / "tiles").glob("*.jpg")) and list((run / "tb").iterdir())
+        assert sorted(p.name for p in (run / "tiles").glob("*.jpg")) == ["iter000010.jpg", "iter000020.jpg"]
+        assert list((run / "tb").iterdir())
         rows = list(csv.DictReader(open(run / "log.csv")))
         assert [r["iteration"] for r in rows if r["split"] == "valid"] == ["10", "20"]
         config = json.loads((run / "config.json").read_text())
         assert config["cfg"]["lr"] == resolve_config(CFG)["lr"] and len(config["git"]["revision"]) == 40
+        assert (config["data"]["n_train"], config["data"]["n_val"], config["data"]["image_size"]) == (12, 4, 32)
+        valid = [(float(r["loss"]), int(r["iteration"])) for r in rows if r["split"] == "valid"]
+        done = json.loads((run / "done.json").read_text())
+        best = torch.load(run / "best.pt", weights_only=True)
+        assert done["best_iteration"] == best["iteration"] == min(valid)[1] and done["iterations"] == 20
+        assert done["best_val_loss"] == pytest.approx(min(valid)[0])
+    # FCN-16s started from the FCN-32s's best.pt
+    config16 = json.loads((t16.run_dir() / "config.json").read_text())
+    assert config16["init_checkpoint"] == str(t16.init_task().run_dir() / "best.pt")
     ckpt = torch.load(t16.run_dir() / "best.pt", weights_only=True)
     assert ckpt["settings"]["arch"] == "fcn16s" and ckpt["settings"]["im_size"] == resolve_config(CFG)["im_size"]
     ran.clear()
@@ -100,6 +114,13 @@ def test_the_demo_ends_with_a_report_a_colorized_held_out_photo_and_commands(wor
     coloured = Path(tail[-3].split("Colorized:", 1)[1].strip())
     assert report.name == "report.html" and report.is_file() and report.parent.name.startswith("eval-")
     assert coloured.is_file() and coloured.parent.name == "demo" and coloured.name == "chelsea.png"
+    # the colorized photo: the input's size and lightness, and colour (not a gray copy)
+    photo, result = np.asarray(Image.open(dest / "chelsea.png").convert("RGB")), np.asarray(Image.open(coloured))
+    assert result.shape == photo.shape and result.dtype == np.uint8
+    assert_keeps_lightness(result, rgb_to_lab(photo)[..., 0])
+    lab = rgb_to_lab(result)
+    chroma = np.hypot(lab[..., 1], lab[..., 2])
+    assert np.median(chroma) > 3 and not np.array_equal(result, photo)
     assert "colorize-fcn colorize --model " in tail[-2] and tail[-1].startswith("Curves:")
     assert any(line.strip().startswith("held-out photos: AuC") for line in tail)
     metrics = json.loads((report.parent / "metrics.json").read_text())

@@ -3,6 +3,7 @@
     train.data        ShardDataset, EpochSampler, make_loader
     train.loss        kl_loss
     train.fit         fit, train_one_epoch, evaluate, validate, TrainState
+    train.best        which validation best.pt keeps (cfg best_by)
     train.metrics     confusion matrix scores
     train.checkpoint  weights-only checkpoints;  train.rng  every RNG state
     train.runlog      config.json, log.csv;  train.visual  tiles and curves

@@ -3,7 +3,7 @@
 fit() runs cfg["max_iteration"] optimiser steps.  Every cfg["interval_validate"]
 steps, and at the last step, it evaluates on the WHOLE validation split and
 writes, in this order: two log.csv rows (train.runlog), TensorBoard scalars, a
-tile image, best.pt (when the validation loss is the lowest so far), checkpoint.pt.
+tile image, best.pt (when the validation is the best so far: cfg best_by, train.best), checkpoint.pt.
 Rerunning fit on a run_dir holding checkpoint.pt resumes from it: weights,
 optimiser, iteration, epoch and position inside it, best loss and every RNG are
 restored, log rows written after the checkpoint are dropped, and the run ends at
@@ -46,7 +46,7 @@ Run folder:
   checkpoint.pt      latest validation (or stop signal): everything needed to resume
   checkpoint.prev.pt the one before (resume point when checkpoint.pt is unreadable); removed
                      once done.json is written
-  best.pt            lowest validation loss so far: the Colorizer (settings + weights)
+  best.pt            best validation so far (best_by): the Colorizer (settings + weights)
   tb/                TensorBoard events
   tiles/iterNNNNNN.jpg   colour | target clusters | gray | predicted clusters | decoded colour
   loss.png, iou.png  curves from log.csv (written at the end)
@@ -54,7 +54,6 @@ Run folder:
                      (the Luigi training task's output: the run is complete)
 """
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,12 +63,13 @@ import torch
 
 from models.colorizer import Colorizer
 from models.device import autocast, resolve_device, use_channels_last
-from models.fcn import init_from_fcn, load_vgg16_bn_weights
+from models.fcn import init_bn_gamma, init_from_fcn, load_vgg16_bn_weights
 from pipeline.atomic import remove_stale_temporaries, write_text_atomic
 from pipeline.progress import Progress
 from pipeline.runlock import RunLock
 
 from . import ddp
+from .best import best_score, is_better
 from .checkpoint import load_checkpoint, previous_path, save_checkpoint
 from .data import ShardDataset, make_loader
 from .loss import kl_loss
@@ -107,8 +107,9 @@ class TrainState:
     signals: StopRequest = None           # this process's stop request (train.stop), None: not watched
     signalled: bool = False               # a signal (on any rank) ends this session
     saved_iteration: int = None           # iteration of the newest checkpoint.pt
-    best_loss: float = None               # lowest validation loss so far ...
+    best_loss: float = None               # the best validation's loss (best_by decides which) ...
     best_iteration: int = None            # ... and where
+    best_score: float = None              # the best validation's cfg best_by score (train.best)
     last_val: dict = None                 # the latest validation row
     elapsed_before: float = 0.0           # seconds spent in earlier sessions of this run
     loader_rng: torch.Tensor = field(default=None, repr=False)   # loader generator at epoch start
@@ -140,12 +141,6 @@ class TrainState:
         if self.world_size == 1 and self.signals is not None and self.signals.requested:
             self.signalled = self.stop = True
         return self.stop
-
-
-def is_better(val_loss, best_loss) -> bool:
-    """True when val_loss is a new best: finite and strictly LOWER than the best so far.
-    (The original kept its 'best' model when the validation loss went up.)"""
-    return val_loss is not None and math.isfinite(val_loss) and (best_loss is None or val_loss < best_loss)
 
 
 def make_optimizer(model, cfg):
@@ -268,6 +263,7 @@ def build_colorizer(inputs, log=print, initialise=True):
     cfg = inputs.cfg
     colorizer = Colorizer(inputs.arch, inputs.n_clusters, cfg["width"], cfg["im_size"],
                           inputs.mean_L, inputs.gmm_arrays())
+    init_bn_gamma(colorizer.net, cfg["bn_gamma_init"])
     if initialise:
         initialise_colorizer(colorizer, inputs, log)
     return colorizer
@@ -294,6 +290,7 @@ def _restore(resume, state, colorizer, optimizer, train_loader, seed, rank, log)
     optimizer.load_state_dict(resume["optimizer"])
     state.iteration, state.epoch, state.position = resume["iteration"], resume["epoch"], resume["position"]
     state.best_loss, state.best_iteration = resume["best_loss"], resume["best_iteration"]
+    state.best_score = resume.get("best_score", state.best_loss)
     state.last_val, state.elapsed_before = resume["last_val"], resume["elapsed_s"]
     state.saved_iteration = state.iteration
     since = resume.get("since_validation")        # a checkpoint written on a stop signal
@@ -397,7 +394,7 @@ def _fit_locked(run_dir, inputs, device, loader_workers, log, on_step, stop_afte
     batch_size = int(cfg["batch_size"])
     if world_size > 1:
         batch_size = ddp.per_rank_batch(batch_size, world_size, len(train_set))
-    train_loader = make_loader(train_set, batch_size, True, loader_workers, seed, pin_memory=cuda,
+    train_loader = make_loader(train_set, batch_size, cfg["shuffle"], loader_workers, seed, pin_memory=cuda,
                                drop_last=len(train_set) >= batch_size * world_size,
                                rank=rank, world_size=world_size)
     val_loader = make_loader(val_set, batch_size, False, loader_workers, seed, pin_memory=cuda,
@@ -455,8 +452,8 @@ def _fit_locked(run_dir, inputs, device, loader_workers, log, on_step, stop_afte
         return {"settings": settings, "state_dict": colorizer.state_dict(), "arch": inputs.arch,
                 "cfg": plain(cfg), "iteration": it, "max_iteration": max_iteration, "epoch": state.epoch,
                 "position": state.position, "best_loss": state.best_loss,
-                "best_iteration": state.best_iteration, "last_val": state.last_val,
-                "elapsed_s": elapsed, "val": val}
+                "best_iteration": state.best_iteration, "best_score": state.best_score,
+                "last_val": state.last_val, "elapsed_s": elapsed, "val": val}
 
     def rng_for_checkpoint():
         """Every rank (a gather when distributed): (rng, rng_ranks) for save_resume_point."""
@@ -475,9 +472,10 @@ def _fit_locked(run_dir, inputs, device, loader_workers, log, on_step, stop_afte
         """Rank 0: log rows, TensorBoard, tiles, best.pt, checkpoint.pt (in that order)."""
         it, lr = state.iteration, optimizer.param_groups[0]["lr"]
         elapsed = state.elapsed_before + time.time() - t_session
-        best = is_better(rows["valid"]["loss"], state.best_loss)
+        score = best_score(rows["valid"], cfg["best_by"])
+        best = is_better(score, state.best_score, cfg["best_by"])
         if best:
-            state.best_loss, state.best_iteration = rows["valid"]["loss"], it
+            state.best_loss, state.best_iteration, state.best_score = rows["valid"]["loss"], it, score
         rng, rng_ranks = rng_for_checkpoint()
         state.saved_iteration = it
         if rank != 0:
