@@ -234,8 +234,8 @@ _IMPROVED = dict(kl_reduction="sum_k")
 # 500 x 375 photo then has a 375 px shorter side, which 376 (a multiple of img_lowpass 8) keeps,
 # so the sigma-8 target blur and the 32 px output stride cover the same share of the content
 # (at 256 ~1.5x coarser for such photos, ~2x for square ones); the crop still drops the longer
-# side's ends.
-_AS_RUN = dict(best_by="mean_iou", bn_gamma_init="uniform", im_size=376)
+# side's ends.  precision fp32: the original ran fp32 (no autocast existed then).
+_AS_RUN = dict(best_by="mean_iou", bn_gamma_init="uniform", im_size=376, precision="fp32")
 
 CONFIGS = {
     # 7: the original's tiny over-fit of 9 images, 32 soft bins, SGD.

@@ -12,7 +12,7 @@ from train.data import EpochSampler, ShardDataset
 from train.checkpoint import load_checkpoint
 from train.fit import build_colorizer, fit
 
-AS_RUN = {"best_by": "mean_iou", "bn_gamma_init": "uniform", "im_size": 376}
+AS_RUN = {"best_by": "mean_iou", "bn_gamma_init": "uniform", "im_size": 376, "precision": "fp32"}
 
 
 def _diff(a, b):
@@ -21,7 +21,8 @@ def _diff(a, b):
 
 # ----------------------------------------------------------------------------- the configs
 def test_as_run_configs_differ_from_the_originals_only_in_how_they_ran():
-    as_run = {k: (v, AS_RUN[k]) for k, v in (("best_by", "val_loss"), ("bn_gamma_init", "one"), ("im_size", 256))}
+    as_run = {k: (v, AS_RUN[k]) for k, v in (("best_by", "val_loss"), ("bn_gamma_init", "one"), ("im_size", 256),
+                                              ("precision", "auto"))}
     assert _diff(resolve_config(7), resolve_config(37)) == {**as_run, "shuffle": (True, False)}
     assert _diff(resolve_config(14), resolve_config(44)) == {**as_run, "gmm_images": (5000, 1000)}
     assert _diff(resolve_config(15), resolve_config(45)) == {**as_run, "gmm_images": (5000, 1000),
@@ -44,6 +45,7 @@ def test_as_run_values():
         assert (c["best_by"], c["bn_gamma_init"], c["batch_size"], c["flip"], c["kl_reduction"]) == \
             ("mean_iou", "uniform", 1, False, "mean_k")
         assert c["im_size"] == 376 and c["im_size"] % c["img_lowpass"] == 0
+        assert c["precision"] == "fp32"             # the original ran fp32, on a GPU too
     assert c45["init_config"] == 44 and c44["init_config"] is None
 
 
