@@ -1,0 +1,102 @@
+"""Files that are not what they seem: symbolic link loops, FIFOs named *.jpg, folders.
+Each is a counted skip with its reason (preprocessing) or a one-line error (colorize);
+nothing opens a file that is not a regular file (pipeline/regular.py)."""
+import contextlib
+import json
+import os
+import signal
+from pathlib import Path
+
+import luigi
+import pytest
+
+import tasks
+from conftest import build, write_photo
+from pipeline import fingerprint as fpmod
+from pipeline import regular
+from pipeline.images import SkipImage, load_rgb
+
+GOOD = [f"p{i}.png" for i in range(4)]
+ODD = {"loop.jpg": "unreadable", "pipe.jpg": "not_a_file", "pair/a.jpg": "unreadable"}
+
+
+@contextlib.contextmanager
+def deadline(seconds):
+    """Fail (instead of hanging the suite) when a FIFO is opened and blocks."""
+    def expired(*_):
+        raise TimeoutError(f"still running after {seconds} s: a FIFO opened for reading?")
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def odd_dataset(root: Path) -> Path:
+    for i, rp in enumerate(GOOD):
+        write_photo(root / rp, seed=i)
+    os.symlink("loop.jpg", root / "loop.jpg")                   # a link to itself
+    os.mkfifo(root / "pipe.jpg")
+    (root / "pair").mkdir()
+    os.symlink("b.jpg", root / "pair" / "a.jpg")                # a -> b -> a
+    os.symlink("a.jpg", root / "pair" / "b.jpg")
+    (root / "files_train.txt").write_text("\n".join(GOOD[:3] + list(ODD)) + "\n")
+    (root / "files_val.txt").write_text(GOOD[3] + "\n")
+    return root
+
+
+@contextlib.contextmanager
+def fingerprint_mode(mode):
+    cfg = luigi.configuration.get_config()
+    saved = cfg.get("colorize", "fingerprint", None)
+    cfg.set("colorize", "fingerprint", mode)
+    try:
+        yield
+    finally:
+        if saved is None:
+            cfg.remove_option("colorize", "fingerprint")
+        else:
+            cfg.set("colorize", "fingerprint", saved)
+
+
+@pytest.mark.parametrize("mode", fpmod.MODES)
+def test_symlink_loops_and_fifos_are_counted_skips_in_both_fingerprint_modes(work, tmp_path, mode):
+    root = odd_dataset(tmp_path / "odd")
+    split = tasks.LabSplit(dataset=str(root), im_size=16, split="train", shard_size=2)
+    with fingerprint_mode(mode), deadline(60):
+        build(split)
+        manifest = json.loads(Path(split.output().path).read_text())
+    assert manifest["n_images"] == 3 and manifest["n_skipped"] == 3
+    assert {rp: reason for rp, reason, _ in manifest["skipped"]} == ODD
+    details = {rp: detail for rp, _, detail in manifest["skipped"]}
+    assert "symbolic link loop" in details["loop.jpg"] and "FIFO" in details["pipe.jpg"], details
+
+
+@pytest.mark.parametrize("mode", fpmod.MODES)
+def test_fingerprints_of_odd_paths_are_markers_that_change_when_the_file_appears(tmp_path, mode):
+    root = odd_dataset(tmp_path / "odd")
+    with deadline(30):
+        fps = fpmod.fingerprint_files(root, list(ODD), mode)
+    assert fps[0] == fps[2] == "unreadable-ELOOP"
+    assert fps[1].startswith("unreadable-" if mode == "content" else "0-"), fps
+    os.unlink(root / "loop.jpg")
+    write_photo(root / "loop.jpg", seed=1)
+    assert fpmod.fingerprint_files(root, ["loop.jpg"], mode)[0] not in ("unreadable-ELOOP", "missing")
+
+
+def test_nothing_opens_a_fifo_even_one_swapped_in_after_the_check(tmp_path, monkeypatch):
+    fifo = tmp_path / "late.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(regular.NotRegular, match=r"^a FIFO \(named pipe\), not a regular file$"):
+        regular.open_regular(fifo)
+    with pytest.raises(SkipImage) as e:
+        load_rgb(fifo, 16)
+    assert e.value.reason == "not_a_file"
+    monkeypatch.setattr(regular, "check_regular", lambda path: None)    # the file changed after its check
+    with deadline(10), pytest.raises(regular.NotRegular) as e:
+        regular.open_regular(fifo)
+    assert e.value.reason == "not_a_file"
+    with deadline(10), pytest.raises(regular.NotRegular):
+        fpmod.content_digest(fifo)
