@@ -100,3 +100,52 @@ def test_nothing_opens_a_fifo_even_one_swapped_in_after_the_check(tmp_path, monk
     assert e.value.reason == "not_a_file"
     with deadline(10), pytest.raises(regular.NotRegular):
         fpmod.content_digest(fifo)
+
+
+# ----------------------------------------------------------------------------- colorize
+def _colorize_inputs(tmp_path):
+    from test_colorize import _photo
+    from PIL import Image
+    Image.fromarray(_photo()).save(tmp_path / "ok.png")
+    os.symlink("loop.png", tmp_path / "loop.png")
+    os.mkfifo(tmp_path / "pipe.png")
+    os.symlink("nowhere.png", tmp_path / "dangling.png")
+    return tmp_path
+
+
+def test_colorize_checks_every_named_input_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    from test_colorize import _colorize_here, fake_run
+    import inference.api
+    run = fake_run(tmp_path / "model")
+    d = _colorize_inputs(tmp_path)
+    loaded = []
+    real = inference.api.load_colorizer
+    monkeypatch.setattr(inference.api, "load_colorizer", lambda *a, **k: loaded.append(a) or real(*a, **k))
+    named = [d / "loop.png", d / "no_such_folder", d / "ok.png", d / "pipe.png", d / "dangling.png",
+             str(d / "nothing*.png")]
+    with deadline(60):
+        code, err = _colorize_here(capsys, run, *named, "--out", d / "out")
+    assert code == 2 and loaded == [] and not (d / "out").exists(), err
+    assert err.splitlines() == [f"colorize-fcn: error: {p}: {why}" for p, why in [
+        (d / "loop.png", "a symbolic link loop (too many levels of symbolic links)"),
+        (d / "no_such_folder", "no such file or folder"),
+        (d / "pipe.png", "a FIFO (named pipe), not a regular file"),
+        (d / "dangling.png", "a symbolic link to nothing (no such file or folder)"),
+        (d / "nothing*.png", "no file matches this pattern")]]
+    code, err = _colorize_here(capsys, run, d / "ok.png", "--out", d / "out")    # the good one alone
+    assert code == 0 and err == "" and (d / "out" / "ok.png").is_file() and len(loaded) == 1
+
+
+def test_colorize_reports_loops_and_fifos_inside_a_folder_and_does_the_rest(tmp_path, capsys):
+    from test_colorize import _colorize_here, fake_run
+    run = fake_run(tmp_path / "model")
+    (tmp_path / "in").mkdir()
+    _colorize_inputs(tmp_path / "in")
+    with deadline(60):
+        code, err = _colorize_here(capsys, run, tmp_path / "in", str(tmp_path / "in" / "*.png"),
+                                   "--out", tmp_path / "out")
+    assert code == 1 and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ok.png"], err
+    assert sorted(err.splitlines()) == sorted(f"colorize-fcn: error: {tmp_path / 'in' / name}: {why}" for name, why in [
+        ("dangling.png", "no such file"),
+        ("loop.png", "a symbolic link loop (too many levels of symbolic links)"),
+        ("pipe.png", "a FIFO (named pipe), not a regular file")])
