@@ -168,7 +168,7 @@ def recorded_source(path):
     """The source record an output file holds, or None (none, or not an image).  Reads the
     headers only: PNG text chunks come before the pixels, as does a JPEG comment."""
     try:
-        with Image.open(path) as im:
+        with open_regular(path) as fh, Image.open(fh) as im:      # an output named like a FIFO: never waited on
             if im.format == "PNG":
                 return im.info.get(SOURCE_KEY)
             comment = im.info.get("comment", b"")

@@ -20,11 +20,15 @@ GOOD = [f"p{i}.png" for i in range(4)]
 ODD = {"loop.jpg": "unreadable", "pipe.jpg": "not_a_file", "pair/a.jpg": "unreadable"}
 
 
+class Hung(BaseException):
+    """Not an Exception: no `except Exception` of the code under test may swallow it."""
+
+
 @contextlib.contextmanager
 def deadline(seconds):
     """Fail (instead of hanging the suite) when a FIFO is opened and blocks."""
     def expired(*_):
-        raise TimeoutError(f"still running after {seconds} s: a FIFO opened for reading?")
+        raise Hung(f"still running after {seconds} s: a FIFO opened for reading?")
     old = signal.signal(signal.SIGALRM, expired)
     signal.alarm(seconds)
     try:
@@ -149,3 +153,17 @@ def test_colorize_reports_loops_and_fifos_inside_a_folder_and_does_the_rest(tmp_
         ("dangling.png", "no such file"),
         ("loop.png", "a symbolic link loop (too many levels of symbolic links)"),
         ("pipe.png", "a FIFO (named pipe), not a regular file")])
+
+
+def test_skip_existing_with_a_fifo_where_an_output_goes_neither_hangs_nor_keeps_it(tmp_path, capsys):
+    from test_colorize import _colorize_here, fake_run
+    run = fake_run(tmp_path / "model")
+    (tmp_path / "in").mkdir()
+    _colorize_inputs(tmp_path / "in")
+    os.unlink(tmp_path / "in" / "pipe.png")
+    (tmp_path / "out").mkdir()
+    os.mkfifo(tmp_path / "out" / "ok.png")                      # where ok.png's output goes
+    with deadline(30):
+        code, err = _colorize_here(capsys, run, tmp_path / "in" / "ok.png", "--out", tmp_path / "out",
+                                   "--skip-existing")
+    assert code == 2 and "ok.png exists but records no input" in err, err
