@@ -33,6 +33,9 @@ def test_a_flipped_byte_read_in_a_loader_worker_names_the_file_and_what_to_do(wo
     assert isinstance(error, ShardError) and "\n" not in message, message
     assert message.startswith(f"corrupt shard {lab} (dataset L, row ") and message.endswith(REBUILD_ADVICE), message
     assert "Caught" not in message and "worker" not in message, message
+    Path(lab).unlink()                                           # what the message says to do
+    build(train)
+    assert Path(lab).is_file() and Path(train.run_dir() / "done.json").is_file()
 
 
 def test_a_flipped_byte_in_the_paths_strings_is_an_error_naming_the_file(tmp_path):
