@@ -75,7 +75,7 @@ def enclosing_pipeline_folder(path, kind_of=pipeline_folder_kind):
 def _folder_images(folder: Path, skip: Path = None):
     """Image files below `folder` (by extension; hidden names ignored), sorted, skipping `skip`.
     Every name but a folder's is kept: one that is no regular file (a symbolic link loop, a
-    FIFO) fails when it is read, in one line, and the others go on; none is silently dropped."""
+    FIFO) is an error line of collect_inputs and the others go on; none is silently dropped."""
     out = []
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder)
