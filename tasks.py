@@ -64,7 +64,8 @@ class LabParams(Stage):
 class LabShard(ShardBatch, LabParams):
     """Reads each shard's source images; writes lab/s<size>/<shard sig>.h5 per shard
     (L, ab, paths, sizes, fingerprints; skipped files with reasons in attrs)."""
-    version = 4              # 4: JPEG draft down to 2x the target only, crop centred on the exact extent
+    version = 5              # 4: JPEG draft down to 2x the target only, crop centred on the exact extent
+    #                          5: strings (paths, fingerprints) checksummed (pipeline.shards._create_strings)
 
     def shard_folder(self) -> str:
         return "lab"
@@ -231,6 +232,7 @@ class LabelParams(GMMParams):
 class LabelShard(ShardBatch, LabelParams):
     """Reads each shard's Lab shard and the GMM; writes labels/<setting>/s<size>/<shard sig>.h5
     per shard (posteriors (N, K, S/f, S/f) float16, aligned 1:1 with the Lab shard)."""
+    version = 2              # 2: paths checksummed (pipeline.shards._create_strings)
 
     @once
     def requires(self):

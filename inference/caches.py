@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.atomic import TMP_TAG, temporary_name
-from pipeline.run_inputs import INPUTS_FILE
+from pipeline.run_inputs import INPUTS_FILE, resolve_path
 
 from .runs import busy_reason, default_work_dir, live_temporaries, read_run, run_folders
 
@@ -141,7 +141,7 @@ def used_shards(work: Path, run_names) -> tuple:
             continue
         for pair in pairs:
             for ref in pair:
-                rel = _inside_work(ref, work)
+                rel = _inside_work(resolve_path(ref, work / "runs" / name), work)
                 if rel is not None:
                     shards.add(rel)
         means.add((f"s{data['cfg']['im_size']}", data["mean_L"]))

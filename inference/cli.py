@@ -18,9 +18,11 @@ input; others are refused.  Without --overwrite an output is never replaced, not
 even one that another command writes into the same folder meanwhile.
 
 Exit status: 0 all colorized, 1 some input failed, 2 bad arguments, refused
-inputs or outputs, an unwritable --out (nothing was written) or the model could
-not be loaded, 75 interrupted (Ctrl-C or SIGTERM: the outputs written are complete,
-one line says how many; rerun with --skip-existing), 130 interrupted before any work.
+inputs (an input that names no file or folder, a symbolic link loop, a FIFO, a
+pattern that matches nothing: all checked before the model loads) or outputs, an
+unwritable --out (nothing was written) or the model could not be loaded, 75
+interrupted (Ctrl-C or SIGTERM: the outputs written are complete, one line says
+how many; rerun with --skip-existing), 130 interrupted before any work.
 
 Each subcommand is one add_<name>(sub) function that registers its parser and
 sets `run` to its command; parsing imports no torch, so --help stays fast.

@@ -29,6 +29,7 @@ Metrics per method:
 
 Non-finite numbers are written to JSON as strings ("inf", "nan").
 """
+import os
 from pathlib import Path
 
 import numpy as np
@@ -164,9 +165,11 @@ def evaluate_run(checkpoint, out_dir, val_pairs, temperature=DEFAULT_TEMPERATURE
             raise ValueError(f"label shards have K={dataset.n_classes}, the colorizer {colorizer.n_classes}")
         metrics = evaluate_images(colorizer, dataset, temperature, batch_size, on_image)
         mean_L = float(colorizer.mean_L)
-        metrics.update(run_dir=str(checkpoint.parent), checkpoint=str(checkpoint), mean_L=mean_L,
+        # the checkpoint as seen from the evaluation folder ("../best.pt" for a run's own): an
+        # absolute path would name the old place of a moved or copied work folder
+        metrics.update(checkpoint=os.path.relpath(checkpoint.resolve(), Path(out_dir).resolve()), mean_L=mean_L,
                        device=str(model.device))
-        info = {"run": checkpoint.parent.name, "run_dir": str(checkpoint.parent), **(info or {}),
+        info = {"run": checkpoint.parent.name, **(info or {}),
                 "mean_L": round(mean_L, 3), "device": str(model.device)}
         with atomic_path(out_dir) as tmp:
             tmp.mkdir(parents=True)

@@ -19,6 +19,7 @@ from typing import NamedTuple
 from models.decoders import DECODERS, DEFAULT_DECODER, DEFAULT_TEMPERATURE
 from pipeline.atomic import TargetExists, temporary_name
 from pipeline.images import is_image_name
+from pipeline.regular import NotRegular, check_regular
 from pipeline.run_inputs import INPUTS_FILE
 from train.runfolder import EARLIER_ATTEMPT
 
@@ -54,10 +55,16 @@ def pipeline_folder_kind(folder: Path):
     return None
 
 
+def _real(path) -> Path:
+    """The absolute path with symbolic links resolved; unlike Path.resolve, never raises (a
+    symbolic link loop stays as it is, and is reported when its file is read)."""
+    return Path(os.path.realpath(path))
+
+
 def enclosing_pipeline_folder(path, kind_of=pipeline_folder_kind):
     """(folder, kind) of the outermost run / evaluation folder that is `path` or holds it, or None.
     kind_of: pipeline_folder_kind, or a memoised copy of it for many paths."""
-    path = Path(path).resolve()
+    path = _real(path)
     for folder in reversed([path, *path.parents] if path.is_dir() else list(path.parents)):
         kind = kind_of(folder)
         if kind:
@@ -66,7 +73,9 @@ def enclosing_pipeline_folder(path, kind_of=pipeline_folder_kind):
 
 
 def _folder_images(folder: Path, skip: Path = None):
-    """Image files below `folder` (by extension; hidden names ignored), sorted, skipping `skip`."""
+    """Image files below `folder` (by extension; hidden names ignored), sorted, skipping `skip`.
+    Every name but a folder's is kept: one that is no regular file (a symbolic link loop, a
+    FIFO) is an error line of collect_inputs and the others go on; none is silently dropped."""
     out = []
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder)
@@ -74,15 +83,32 @@ def _folder_images(folder: Path, skip: Path = None):
             continue
         if skip is not None and (p == skip or skip in p.parents):
             continue
-        if p.is_file():
+        if not p.is_dir():
             out.append((p, rel))
     return out
+
+
+def named_input_problem(raw):
+    """None for a command-line input that names a folder, a regular file or (with glob
+    characters and no such name) a pattern; else why it cannot be used, in words.  Decided
+    from one os.stat: nothing is opened (pipeline.regular)."""
+    try:
+        check_regular(raw)
+    except NotRegular as e:
+        if os.path.isdir(raw):
+            return None
+        if e.reason == "missing":
+            if os.path.lexists(raw):
+                return "a symbolic link to nothing (no such file or folder)"
+            return None if _GLOB_CHARS & set(str(raw)) else "no such file or folder"
+        return e.detail
+    return None
 
 
 class Inputs(NamedTuple):
     items: list      # [(source, output path)]
     errors: list     # [(input, message)]: reported, the rest go on
-    refused: list    # [(run or evaluation folder, message)]: nothing may run
+    refused: list    # [(input, or run or evaluation folder, message)]: a usage error, nothing may run
 
 
 def collect_inputs(inputs, out_dir, suffix: str = ".png") -> Inputs:
@@ -91,9 +117,10 @@ def collect_inputs(inputs, out_dir, suffix: str = ".png") -> Inputs:
     Outputs are <out_dir>/<name><suffix>: a folder's files keep their path relative to
     it, other files their name; clashing names get a -2, -3, ... suffix.  An input
     whose output would replace it, or a folder that is or lies inside out_dir, is an
-    error; inputs in run or evaluation folders are refused, one message per such folder."""
+    error; inputs in run or evaluation folders are refused, one message per such folder, and
+    so is every input that names nothing usable (named_input_problem), one message each."""
     out_dir = Path(out_dir)
-    skip = out_dir.resolve()
+    skip = _real(out_dir)
     pairs, errors, refused = [], [], {}
 
     kind_of = lru_cache(maxsize=None)(pipeline_folder_kind)     # many files share folders
@@ -108,10 +135,13 @@ def collect_inputs(inputs, out_dir, suffix: str = ".png") -> Inputs:
 
     for raw in inputs:
         p = Path(raw)
-        if p.is_dir():
+        problem = named_input_problem(p)
+        if problem:
+            refused.setdefault(str(raw), problem)
+        elif p.is_dir():
             if refuse_if_pipeline(p):
                 continue
-            folder = p.resolve()
+            folder = _real(p)
             if folder == skip or skip in folder.parents:
                 errors.append((raw, "is the output folder (or inside it); its images are not inputs "
                                     "-- choose another --out"))
@@ -120,28 +150,33 @@ def collect_inputs(inputs, out_dir, suffix: str = ".png") -> Inputs:
             if not found:
                 errors.append((raw, "folder holds no image files"))
             pairs += [(src, rel) for src, rel in found]
-        elif p.exists() or not (_GLOB_CHARS & set(str(raw))):
-            pairs.append((p, Path(p.name)))          # a missing file is reported when it is read
+        elif p.exists():
+            pairs.append((p, Path(p.name)))
         else:
             matches = [Path(m) for m in sorted(glob.glob(str(raw), recursive=True))]
-            files = [m for m in matches if m.is_file()]
+            files = [m for m in matches if not m.is_dir()]     # as _folder_images: none dropped
             refused_dirs = [m for m in matches if m.is_dir() and refuse_if_pipeline(m)]
             if not files and not refused_dirs:
-                errors.append((raw, "no file matches this pattern"))
+                refused.setdefault(str(raw), "no file matches this pattern")
             pairs += [(f, Path(f.name)) for f in files]
     items, used, seen = [], set(), set()
     for src, rel in pairs:
-        key = Path(src).resolve()
+        key = _real(src)
         if key in seen or refuse_if_pipeline(key):
             continue
         seen.add(key)
+        try:
+            check_regular(src)                       # a link loop or FIFO in a folder: its line, now
+        except NotRegular as e:
+            errors.append((str(src), e.detail))
+            continue
         dst = out_dir / rel.with_suffix(suffix)
         n = 2
         while dst in used:
             dst = out_dir / rel.with_name(f"{rel.stem}-{n}{suffix}")
             n += 1
         used.add(dst)
-        if dst.resolve() == key:
+        if _real(dst) == key:
             errors.append((str(src), f"its output {dst} would replace it; choose another --out"))
             continue
         items.append((Path(src), dst))

@@ -17,7 +17,6 @@ to its lightness first):
 import hashlib
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,6 +27,7 @@ from pipeline.atomic import atomic_path
 from pipeline.color import lab_planes_to_rgb, lightness_plane, rgb_to_lab
 from pipeline.images import (DEFAULT_MAX_PIXELS, REDUCING_GAP, RESAMPLE, SkipImage, check_image_file, has_alpha,
                              to_rgb)
+from pipeline.regular import NotRegular, open_regular
 
 _BLOCK = 1 << 16         # pixels converted at a time: cache-sized float32 temporaries
 FORMATS = {"png": ".png", "jpg": ".jpg"}      # output format -> file suffix
@@ -79,7 +79,7 @@ def read_image(path) -> Image.Image:
     except SkipImage as e:
         raise InputError(e.detail) from None
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:               # a FIFO swapped in since the check is never waited on
             im = Image.open(fh)
             if im.size[0] * im.size[1] > DEFAULT_MAX_PIXELS:
                 raise InputError(f"{im.size[0]} x {im.size[1]} pixels exceeds the limit of {DEFAULT_MAX_PIXELS}")
@@ -91,6 +91,8 @@ def read_image(path) -> Image.Image:
             return im
     except InputError:
         raise
+    except NotRegular as e:
+        raise InputError(e.detail) from None
     except Image.UnidentifiedImageError:
         raise InputError("not a recognised image file") from None
     except Exception as e:                            # decode errors of every kind
@@ -156,7 +158,7 @@ def source_record(path) -> str:
     """What an output records of its input: "<sha256 of its absolute path, 32 hex> <size> <mtime ns>".
     A digest, not the path: outputs get shared, the folders they were made in need not be.
     Raises OSError when `path` cannot be stat'ed."""
-    path = Path(path).resolve()
+    path = os.path.realpath(path)                    # never raises (a symbolic link loop: os.stat does)
     st = os.stat(path)
     digest = hashlib.sha256(os.fsencode(path)).hexdigest()[:32]
     return f"{digest} {st.st_size} {st.st_mtime_ns}"
@@ -166,7 +168,7 @@ def recorded_source(path):
     """The source record an output file holds, or None (none, or not an image).  Reads the
     headers only: PNG text chunks come before the pixels, as does a JPEG comment."""
     try:
-        with Image.open(path) as im:
+        with open_regular(path) as fh, Image.open(fh) as im:      # an output named like a FIFO: never waited on
             if im.format == "PNG":
                 return im.info.get(SOURCE_KEY)
             comment = im.info.get("comment", b"")

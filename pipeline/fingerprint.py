@@ -17,15 +17,21 @@ Two modes (luigi.cfg `[colorize] fingerprint`); the strings go into shard signat
            when it gained entries; a missing or corrupt cache is recomputed.
 
 "missing" stands for an absent file in both modes, so a file that appears later
-changes its shard's signature.
+changes its shard's signature; "unreadable-..." for a path that is not a readable
+regular file (a folder, a FIFO, a symbolic link loop): nothing but a regular file is
+ever opened (pipeline.regular), and such a file is skipped with its reason when the
+shard is built (pipeline.images).
 """
+import errno
 import hashlib
 import json
 import os
+import stat
 import time
 from pathlib import Path
 
 from .atomic import remove_stale_temporaries, write_text_atomic
+from .regular import open_regular
 from .signature import hash_strings
 
 MODES = ("stat", "content")
@@ -50,38 +56,53 @@ def stat_key(st: os.stat_result) -> str:
 
 
 def _stat(path: str):
+    """os.stat(path), None for a missing file, or a marker string for a path that cannot be
+    stat'ed (a symbolic link loop: ELOOP; no permission on a folder above it), which
+    changes when the path becomes a file.  The file is skipped with its reason when read
+    (pipeline.images); one such path never fails the whole plan."""
     try:
         return os.stat(path)
     except FileNotFoundError:
         return None
+    except OSError as e:
+        return f"unreadable-{errno.errorcode.get(e.errno, e.errno)}"
 
 
 def content_digest(path: str) -> str:
-    """'b2-<hex>' of the file's bytes (reads the whole file)."""
+    """'b2-<hex>' of the file's bytes (reads the whole file); NotRegular (an OSError) for
+    anything but a regular file, which is never opened (a FIFO would block forever)."""
     h = hashlib.blake2b(digest_size=DIGEST_BYTES)
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         while chunk := f.read(READ_CHUNK):
             h.update(chunk)
     return "b2-" + h.hexdigest()
 
 
 def _content_or_stat(path: str, st: os.stat_result) -> str:
-    """The digest, or for a file that cannot be read (a folder, no permission) a
+    """The digest, or for a file that cannot be read (a folder, a FIFO, no permission) a
     marker that still changes when its stat does (chmod sets ctime)."""
+    if not stat.S_ISREG(st.st_mode):
+        return "unreadable-" + stat_key(st)          # not opened at all (pipeline.regular)
     try:
         return content_digest(path)
     except OSError:
         return "unreadable-" + stat_key(st)
 
 
+def _fingerprint(path: str, st, mode: str) -> str:
+    """One file's fingerprint from its _stat result."""
+    if st is None:
+        return MISSING
+    if isinstance(st, str):
+        return st
+    return stat_key(st) if mode == "stat" else _content_or_stat(path, st)
+
+
 def file_fingerprint(path, mode: str = "stat") -> str:
     """Fingerprint of one file, uncached (see the module docstring)."""
     check_mode(mode)
     path = os.fspath(path)
-    st = _stat(path)
-    if st is None:
-        return MISSING
-    return stat_key(st) if mode == "stat" else _content_or_stat(path, st)
+    return _fingerprint(path, _stat(path), mode)
 
 
 def fingerprint_files(root, relpaths, mode: str = "stat", cache_dir=None) -> list:
@@ -94,15 +115,15 @@ def fingerprint_files(root, relpaths, mode: str = "stat", cache_dir=None) -> lis
     root = os.fspath(Path(root).resolve())
     paths = [os.path.join(root, rp) for rp in relpaths]
     if mode == "stat":
-        return [stat_key(st) if (st := _stat(p)) is not None else MISSING for p in paths]
+        return [_fingerprint(p, _stat(p), mode) for p in paths]
     cache_file = cache_path(cache_dir, root) if cache_dir is not None else None
     cache = load_cache(cache_file) if cache_file else {}
     settled_before = time.time_ns() - RACY_NS
     out, fresh = [], {}
     for rp, p in zip(relpaths, paths):
         st = _stat(p)
-        if st is None:
-            out.append(MISSING)
+        if st is None or isinstance(st, str):
+            out.append(_fingerprint(p, st, mode))
             continue
         key = f"{rp}\t{stat_key(st)}"
         fp = cache.get(key)

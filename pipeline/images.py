@@ -43,12 +43,13 @@ from __future__ import annotations
 
 import functools
 import os
-import stat
 import zlib
 from typing import Final
 
 import numpy as np
 from PIL import Image, ImageFile, JpegImagePlugin
+
+from .regular import NotRegular, check_regular, open_regular
 
 __all__ = [
     "SkipImage",
@@ -145,16 +146,13 @@ class SkipImage(Exception):
 
 
 def check_image_file(path) -> None:
-    """The checks made before opening an image file: raises SkipImage "missing",
-    "unreadable", "not_a_file" or "empty", whose detail does not name the file."""
+    """The checks made before opening an image file (pipeline.regular: nothing opens a FIFO,
+    a device or a symbolic link loop): raises SkipImage "missing", "unreadable",
+    "not_a_file" or "empty", whose detail does not name the file."""
     try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise SkipImage("missing", "no such file") from None
-    except OSError as e:
-        raise SkipImage("unreadable", f"cannot stat it: {e.strerror or e}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise SkipImage("not_a_file", "not a regular file")
+        st = check_regular(path)
+    except NotRegular as e:
+        raise SkipImage(e.reason, e.detail) from None
     if st.st_size == 0:
         raise SkipImage("empty", "empty file (0 bytes)")
 
@@ -337,9 +335,9 @@ def load_rgb_with_size(
         raise SkipImage(e.reason, f"{e.detail}: {path}") from None
 
     try:
-        fh = open(path, "rb")
-    except OSError as e:
-        raise SkipImage("unreadable", f"cannot open {path}: {e}") from None
+        fh = open_regular(path)                      # never a FIFO swapped in since the check
+    except NotRegular as e:
+        raise SkipImage(e.reason, f"{e.detail}: {path}") from None
 
     with fh:
         try:

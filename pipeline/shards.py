@@ -10,6 +10,7 @@ Lab shard:    L (N, S, S) lightness 0..100 and ab (N, 2, S, S), both int16 fixed
               (see LAB_SCALE, encode_lab, decode_lab);
               paths (N,) str relative to the dataset root; sizes (N, 2) int32
               original (width, height); fingerprints (N,) str.
+Strings are stored as fixed-length UTF-8 bytes, checksummed too (_create_strings).
 Label shard:  posteriors (N, K, s, s) float16, s = S // lowpass; paths (N,).
 """
 import json
@@ -59,8 +60,35 @@ def decode_lab(q) -> np.ndarray:
     return np.multiply(fixed_point(q), np.float32(1 / LAB_SCALE), dtype=np.float32)
 
 
+#: What to do about a shard that fails its checksum: the pipeline's outputs are signed by
+#: their inputs, so a deleted shard is rebuilt as it was and a run that read it resumes.
+REBUILD_ADVICE = "delete that file and rerun the same command: it is rebuilt"
+
+
 class ShardError(RuntimeError):
-    """A shard is unreadable or fails its checksum; the message names the file."""
+    """A shard is unreadable or fails its checksum; the message names the file, in one line.
+
+    A DataLoader worker's exception reaches the main process as its type and its formatted
+    traceback only: torch re-raises ShardError(message=<"Caught ShardError in DataLoader
+    worker process 0. Original Traceback ...">) for a class with a `message` attribute.
+    That message is cut back to the worker's own one line (worker_message)."""
+    message = "a shard is unreadable"       # class attribute: makes torch pass message=
+
+    def __init__(self, *args, message=None):
+        super().__init__(*(args if message is None else (worker_message(message),)))
+
+
+def corrupt_shard(path, where: str, error: Exception) -> ShardError:
+    """The error for a shard whose stored bytes fail to read (a checksum): names the file,
+    the array (`where`), HDF5's reason, and what to do, in one line."""
+    return ShardError(f"corrupt shard {path} ({where}): {' '.join(str(error).split())}; {REBUILD_ADVICE}")
+
+
+def worker_message(text: str) -> str:
+    """The ShardError message at the end of a worker's formatted traceback (the text after
+    the last "ShardError: "), as one line; `text` itself (one line) when it holds none."""
+    head, sep, tail = str(text).rpartition("ShardError: ")
+    return " ".join((tail if sep else text).split())
 
 
 def _as_attr(value):
@@ -149,10 +177,19 @@ def write_shard(path, arrays: dict, attrs: dict, compression="lzf") -> None:
             out.write(image.buffer[:image.size])
 
 
+def _create_strings(f, name, values):
+    """Strings as fixed-length UTF-8 bytes in one chunk with a fletcher32 checksum, like every
+    other array: HDF5 checksums no variable-length string (those live in its global heap, and
+    a flipped byte turned chelsea.png into bhelsea.png unnoticed).  _read decodes them; shards
+    written before (variable-length strings, unchecked) still read the same."""
+    data = np.array([str(v).encode() for v in values], dtype=bytes)    # |S<longest>, |S1 for none
+    f.create_dataset(name, data=data, **({"chunks": data.shape, "fletcher32": True} if len(data) else {}))
+
+
 def _create_dataset(f, name, value, compression):
     value = np.asarray(value) if not isinstance(value, list) else value
     if isinstance(value, list) or value.dtype.kind in "OUS":
-        f.create_dataset(name, data=np.asarray(value, dtype=object), dtype=_STR)
+        _create_strings(f, name, value)
     elif value.shape[0] == 0 or value.ndim == 1:
         f.create_dataset(name, data=value)
     else:
@@ -201,7 +238,7 @@ def _read(f, name, index, path):
     try:
         value = ds[index]
     except OSError as e:
-        raise ShardError(f"corrupt shard {path} (dataset {name}): {e}") from None
+        raise corrupt_shard(path, f"dataset {name}", e) from None
     if ds.dtype == _STR or h5py.check_string_dtype(ds.dtype):
         value = np.asarray([v.decode() if isinstance(v, bytes) else v for v in np.atleast_1d(value)])
     return value

@@ -73,7 +73,8 @@ def files_under(folder) -> set:
 
 def label_dir(run) -> Path:
     """The label setting folder of a run's shards (labels/<setting>/), from its inputs.json."""
-    label = Path(json.loads((run / "inputs.json").read_text())["train"][0][1])
+    from pipeline.run_inputs import RunInputs
+    label = Path(RunInputs.load(run).train[0][1])                 # stored relative to the run folder
     return label.parent.parent
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pipeline.shards import ShardError, decode_lab
+from pipeline.shards import ShardError, corrupt_shard, decode_lab
 
 from train.stop import quiet_worker   # absolute: bench/many_shards.py loads this file alone
 
@@ -146,7 +146,7 @@ class ShardDataset(Dataset):
                 ds = self._datasets[(path, name)] = self._file(path)[name]
             return ds[row]
         except OSError as e:
-            raise ShardError(f"corrupt shard {path} (dataset {name}, row {row}): {e}") from None
+            raise corrupt_shard(path, f"dataset {name}, row {row}", e) from None
 
     def close(self):
         self._datasets = {}

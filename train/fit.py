@@ -66,6 +66,7 @@ from models.device import autocast, resolve_device, use_channels_last
 from models.fcn import init_bn_gamma, init_from_fcn, load_vgg16_bn_weights
 from pipeline.atomic import remove_stale_temporaries, write_text_atomic
 from pipeline.progress import Progress
+from pipeline.run_inputs import portable_path
 from pipeline.runlock import RunLock
 
 from . import ddp
@@ -433,7 +434,8 @@ def _fit_locked(run_dir, inputs, device, loader_workers, log, on_step, stop_afte
     if rank == 0:
         write_config(run_dir, {
             "cfg": cfg, "arch": inputs.arch, "settings": {k: v for k, v in settings.items() if k != "gmm"},
-            "init_checkpoint": inputs.init_checkpoint, "dataset": inputs.dataset,
+            "init_checkpoint": inputs.init_checkpoint and portable_path(inputs.init_checkpoint, run_dir),
+            "dataset": inputs.dataset,
             "data": {"n_train": len(train_set), "n_val": len(val_set), "train_shards": len(train_set.pairs),
                      "val_shards": len(val_set.pairs), "image_size": train_set.image_size,
                      "target_size": train_set.target_size, "n_clusters": n_classes,
@@ -567,7 +569,7 @@ def _fit_locked(run_dir, inputs, device, loader_workers, log, on_step, stop_afte
               "final": state.last_val, "iterations": state.iteration,
               "images_per_s": state.images / train_s if done else None,
               "elapsed_s": state.elapsed_before + time.time() - t_session, "device": str(device),
-              "resumed_from": resumed_from, "complete": complete, "run_dir": str(run_dir)}
+              "resumed_from": resumed_from, "complete": complete, "run": Path(run_dir).name}
     if complete and rank == 0:
         write_text_atomic(run_dir / "done.json", json.dumps(plain(result), indent=2) + "\n")
         previous_path(ckpt_path).unlink(missing_ok=True)   # finished: best.pt + one resume point
