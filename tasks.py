@@ -26,7 +26,7 @@ import luigi
 from luigi.cmdline_parser import CmdlineParser
 
 from models.registry import ARCHITECTURES, DEFAULT_TEMPERATURE
-from pipeline import luigi_summary  # noqa: F401  (exit codes under a central scheduler)
+from pipeline import luigi_cmdline, luigi_summary  # noqa: F401  (one-line command-line errors; exit codes)
 from pipeline.atomic import write_text_atomic
 from pipeline.config import resolve_config
 from pipeline.gmm import fit_gmm, load_gmm, save_gmm, uniform_grid
