@@ -30,6 +30,6 @@ def demo_summary(runs, eval_dir, coloured) -> str:
               "the method is for (README 'Experiment configs').",
               f"Report:     {Path(eval_dir) / 'report.html'}",
               f"Colorized:  {coloured}",
-              f"Colorize your photos:  .venv/bin/colorize-fcn colorize --model {final} YOUR_PHOTOS/ --out colorized/",
-              f"Curves:     .venv/bin/tensorboard --logdir {final.parent}"]
+              f"Colorize your photos:  colorize-fcn colorize --model {final} YOUR_PHOTOS/ --out colorized/",
+              f"Curves:     tensorboard --logdir {final.parent}"]
     return "\n".join(lines)

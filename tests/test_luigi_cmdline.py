@@ -60,3 +60,13 @@ def test_a_command_line_that_failed_to_parse_logs_under_its_work_dir(tmp_path, m
     assert work_dir_on_command_line(["Demo", f"--colorize-work-dir={other}"]) == str(other)
     assert work_dir_on_command_line(["Demo"]) is None
     assert work_dir_on_command_line(["Demo", "--colorize-work-dir"]) is None
+
+
+def test_docs_say_once_how_to_get_the_commands_on_path_and_use_one_form():
+    readme = (REPO / "README.md").read_text()
+    assert readme.index("source .venv/bin/activate") < readme.index("## Quick start")
+    texts = {p: p.read_text() for p in [REPO / "README.md", REPO / "bench" / "README.md",
+                                         *(REPO / "docs").glob("*.md"), REPO / "inference" / "demo.py"]}
+    for path, text in texts.items():
+        for command in ("luigi", "colorize-fcn", "python", "tensorboard", "torchrun", "luigid"):
+            assert f".venv/bin/{command} " not in text, (path, command)     # the bare name, after activate
