@@ -27,8 +27,10 @@ from pipeline.progress import format_seconds
 from pipeline.run_inputs import INPUTS_FILE
 from pipeline.runlock import holder as lock_holder
 
+from .disk import RESUME_CHECKPOINTS, disk_usage, human_size
+
 EVAL_METHOD = "model/annealed"  # the AuC shown: the network's posteriors, annealed-mean decoder
-COLUMNS = ("arch", "config", "overrides", "dataset", "iterations", "best", "state", "auc", "run")
+COLUMNS = ("arch", "config", "overrides", "dataset", "iterations", "best", "state", "auc", "size", "run")
 
 
 def default_work_dir() -> str:
@@ -174,7 +176,10 @@ def read_run(run_dir) -> dict:
             "iterations": iterations, "max_iteration": cfg.get("max_iteration"),
             "best_val_loss": best[0], "best_iteration": best[1], "finished": finished, "state": state,
             "locked_by": holder, "auc": evals[-1]["auc"] if evals else None, "evaluations": evals,
-            "init_checkpoint": inputs.get("init_checkpoint"), "problems": problems}
+            "init_checkpoint": inputs.get("init_checkpoint"), "problems": problems,
+            "size_bytes": disk_usage(run_dir)[0],
+            "resume_checkpoint_bytes": sum(disk_usage(run_dir / n)[0] for n in RESUME_CHECKPOINTS
+                                           if (run_dir / n).is_file())}
 
 
 def _last_iteration(rows) -> int:
@@ -201,6 +206,8 @@ def _cell(row, column) -> str:
         return "-" if not isinstance(row["auc"], (int, float)) else f"{row['auc']:.2f}"
     if column == "state":
         return row["state"] + (" !" if row["problems"] else "")
+    if column == "size":
+        return human_size(row["size_bytes"])
     value = row[column]
     return "?" if value is None else str(value)
 
@@ -208,7 +215,7 @@ def _cell(row, column) -> str:
 def format_table(rows) -> str:
     header = {"arch": "ARCH", "config": "CONFIG", "overrides": "OVERRIDES", "dataset": "DATASET",
               "iterations": "ITER", "best": "BEST VAL @ITER", "state": "STATE",
-              "auc": f"AUC {EVAL_METHOD}", "run": "RUN"}
+              "auc": f"AUC {EVAL_METHOD}", "size": "SIZE", "run": "RUN"}
     table = [[header[c] for c in COLUMNS]] + [[_cell(r, c) for c in COLUMNS] for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table)
@@ -219,7 +226,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("runs", help="list the training runs of a work dir",
                        description="One row per run folder under <work>/runs/: architecture, config "
                                    "number, overrides, dataset, iterations done/total, best validation "
-                                   f"loss and its iteration, state, evaluation AuC ({EVAL_METHOD}, %%).",
+                                   f"loss and its iteration, state, evaluation AuC ({EVAL_METHOD}, %%), "
+                                   "size on disk (1000-based units).",
                        epilog="exit status: 0 listed (also when there are no runs), 2 bad arguments "
                               "or no such work dir")
     p.add_argument("--work-dir", default=None, help="default: luigi.cfg [colorize] work_dir")

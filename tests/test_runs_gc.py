@@ -16,6 +16,7 @@ import pytest
 import tasks
 from conftest import build, write_photo
 from inference.caches import execute, plan_gc
+from inference.disk import human_size
 from inference.cli import main
 from inference.runs import list_runs
 
@@ -279,3 +280,61 @@ def test_gc_exit_codes(built, tmp_path):
 def test_gc_refuses_a_bad_min_age(tmp_path, value, says):
     out = cli("gc", "--work-dir", tmp_path, "--min-age", value, "--dry-run")
     assert out.returncode == 2 and says in out.stderr, out.stderr
+
+
+# ----------------------------------------------------------------------------- disk use
+def _hold_run_lock(run: Path) -> int:
+    fd = os.open(run / ".lock", os.O_RDWR | os.O_CREAT)               # pipeline/runlock.py's lock
+    os.write(fd, json.dumps({"host": "h", "pid": 1, "started": "now"}).encode())
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def test_runs_show_sizes_and_gc_prunes_resume_checkpoints_of_finished_runs_only(copy_work, built):
+    work, new = copy_work, copy_work / "runs" / built[3].name
+    stopped = work / "runs" / "fcn32s-c102-stopped"
+    shutil.copytree(new, stopped)
+    (stopped / "done.json").unlink()                                      # unfinished: resumes from them
+    ckpts = [new / n for n in ("checkpoint.pt", "checkpoint.prev.pt") if (new / n).exists()]
+    assert new / "checkpoint.pt" in ckpts
+    rows = {r["run"]: r for r in list_runs(work)}
+    on_disk = sum(p.stat().st_size for p in new.rglob("*") if p.is_file())
+    assert rows[new.name]["size_bytes"] == on_disk > 0
+    assert rows[new.name]["resume_checkpoint_bytes"] == sum(p.stat().st_size for p in ckpts)
+    out = cli("runs", "--work-dir", work)
+    assert out.stdout.splitlines()[0].split()[-2:] == ["SIZE", "RUN"]
+    line = next(x for x in out.stdout.splitlines() if x.endswith(new.name))
+    assert line.split()[-3:-1] == human_size(on_disk).split(), line
+
+    dry = cli("gc", "--work-dir", work, "--checkpoints", "--dry-run", "--min-age", "0")
+    assert dry.returncode == 0, dry.stderr
+    listed = [x.split()[4] for x in dry.stdout.splitlines() if "resume checkpoint of a finished run" in x]
+    old = work / "runs" / built[2].name                                   # the other finished run
+    old_ckpts = [old / n for n in ("checkpoint.pt", "checkpoint.prev.pt") if (old / n).exists()]
+    assert sorted(listed) == sorted(str(p.relative_to(work)) for p in ckpts + old_ckpts)
+    assert all(p.exists() for p in ckpts)                                 # a dry run deletes nothing
+    assert "resume checkpoint" not in cli("gc", "--work-dir", work, "--dry-run", "--min-age", "0").stdout
+
+    fd = _hold_run_lock(new)                                              # a running run: never touched
+    try:
+        plan = plan_gc(work, checkpoints=True, min_age_s=0)
+        assert not [i for i in plan.delete if i.path.startswith(f"runs/{new.name}/")]
+        assert [i for i in plan.delete if i.path.startswith(f"runs/{old.name}/")]      # finished, free
+        assert {"path": f"runs/{new.name}/", "reason": "locked by h:1 (since now)"} in plan.busy
+    finally:
+        os.close(fd)
+    plan = plan_gc(work, checkpoints=True, min_age_s=0)
+    fd = _hold_run_lock(new)                                              # locked after planning
+    try:
+        errors = execute(plan)
+        assert len(errors) == len(ckpts) and all("is in use now (locked by h:1" in e for e in errors), "\n".join(errors)
+        assert all(p.exists() for p in ckpts)
+    finally:
+        os.close(fd)
+    assert execute(plan_gc(work, checkpoints=True, min_age_s=0)) == []
+    assert not any(p.exists() for p in ckpts) and (new / "best.pt").exists()
+    assert (stopped / "checkpoint.pt").exists()
+    row = next(r for r in list_runs(work) if r["run"] == new.name)
+    now_on_disk = sum(p.stat().st_size for p in new.rglob("*") if p.is_file())
+    assert row["size_bytes"] == now_on_disk <= on_disk - rows[new.name]["resume_checkpoint_bytes"] + 100   # + .lock's line
+    assert row["state"] == "finished" and row["resume_checkpoint_bytes"] == 0
