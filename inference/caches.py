@@ -22,10 +22,13 @@ plus anything under a --keep PATH.  Files of other names in these folders, and e
 folder of <work> but lab/, labels/, gmm/, stats/ and runs/ (e.g. the fingerprint cache),
 are never touched.
 
-In use (never deleted, listed as busy): a folder in which a process holds a run lock, a
-writer is alive behind a hidden temporary (pipeline/atomic.py), or a file was written less
-than --min-age minutes ago (a build may be making caches for a run whose inputs.json does
-not exist yet).  Temporaries of dead writers are garbage and go with the rest.
+Kept whatever the runs use (listed as plan.busy, each with its reason, runs.busy_reason):
+"in use" -- a folder in which a process holds a run lock or a writer is alive behind a
+hidden temporary (pipeline/atomic.py); "being built" -- a folder holding a file written since
+a live Luigi run of this work dir started (pipeline/builds.py: it may be a cache that run made
+for a run whose inputs.json does not exist yet); "recent" -- a file written less than
+--min-age minutes ago (the same, for builds gc cannot see).  Temporaries of dead writers are
+garbage and go with the rest.  --checkpoints: also the resume checkpoints of finished runs.
 
 Deleting: every item is first renamed to a hidden temporary name in its own folder
 (atomic, no cross-device move; a reader never sees half a folder), then removed.  If gc
@@ -42,6 +45,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.atomic import TMP_TAG, temporary_name
+from pipeline.builds import live_builds
 from pipeline.run_inputs import INPUTS_FILE
 from pipeline.runlock import holder as lock_holder
 
@@ -258,7 +262,7 @@ def _unused_children(folder: Path, work: Path, keep: set) -> tuple:
     return items, whole
 
 
-def _not_in_use(items, work: Path, min_age_s: float, now: float, plan: Plan) -> list:
+def _not_in_use(items, work: Path, min_age_s: float, now: float, plan: Plan, builds=()) -> list:
     """The items none of whose folders is in use (busy_reason): every folder from below the
     cache root (or runs/) down to the item's own.  Each folder in use goes once to plan.busy."""
     reasons, free = {}, []
@@ -267,7 +271,7 @@ def _not_in_use(items, work: Path, min_age_s: float, now: float, plan: Plan) -> 
         folders = list(reversed(rel.parents))[2:] + ([rel] if item.path.endswith("/") else [])
         for folder in folders:
             if folder not in reasons:
-                reasons[folder] = busy_reason(work / folder, min_age_s, now)
+                reasons[folder] = busy_reason(work / folder, min_age_s, now, builds)
             if reasons[folder]:
                 break
         else:
@@ -288,7 +292,7 @@ def _resume_checkpoints(work: Path, doomed: set) -> list:
 def _run_locked(path: Path):
     """'locked by <holder>' when `path` is a resume checkpoint of a run that a process trains now."""
     holder = lock_holder(path.parent) if path.name in RESUME_CHECKPOINTS else None
-    return f"locked by {holder}" if holder else None
+    return f"in use: locked by {holder}" if holder else None
 
 
 def _kind(rel: Path, is_dir: bool) -> str:
@@ -332,7 +336,7 @@ def plan_gc(work, runs=(), configs=(), dataset=None, keep_paths=(), delete_runs=
               for i in _unused_children(work / root, work, keep)[0]]
     unused += [_item(work / "runs" / name, work) for name in doomed]
     unused += _resume_checkpoints(work, set(doomed)) if checkpoints else []
-    plan.delete = _not_in_use(unused, work, min_age_s, now, plan)
+    plan.delete = _not_in_use(unused, work, min_age_s, now, plan, live_builds(work, now))
     plan.kept_files = len(keep)
     plan.kept_size = sum((work / p).stat().st_size for p in keep if (work / p).is_file())
     return plan
@@ -343,12 +347,13 @@ def execute(plan: Plan) -> list:
     them all.  A folder that a process has started to use since the plan (a lock, a live
     writer) is left alone.  Returns one-line errors (items that could not be deleted)."""
     work, errors, renamed = Path(plan.work_dir), [], []
+    builds = live_builds(work)
     for item in plan.delete:
         path = work / item.path.rstrip("/")
         tmp = temporary_name(path)
-        reason = busy_reason(path, 0) if item.path.endswith("/") else _run_locked(path)
+        reason = busy_reason(path, 0, builds=builds) if item.path.endswith("/") else _run_locked(path)
         if reason:
-            errors.append(f"not deleted: {path} is in use now ({reason})")
+            errors.append(f"not deleted: {path}: {reason}")
             continue
         try:
             os.rename(path, tmp)
@@ -369,7 +374,7 @@ def format_plan(plan: Plan, dry_run: bool) -> str:
     verb = "would delete" if dry_run else "deleting"
     lines = [f"{verb} {human_size(i.size):>9}  {i.path}  ({i.kind}, {i.files} file{'s' * (i.files != 1)})"
              for i in plan.delete]
-    lines += [f"in use, kept: {b['path']}  ({b['reason']})" for b in plan.busy]
+    lines += [f"kept: {b['path']}  ({b['reason']})" for b in plan.busy]
     lines.append(f"kept: {plan.kept_files} cache files ({human_size(plan.kept_size)}) used by "
                  f"{len(plan.kept_runs)} run(s)")
     lines.append(f"{'would free' if dry_run else 'freeing'} {human_size(plan.size)} in "
@@ -400,7 +405,7 @@ def add_parser(sub) -> None:
                    help="also delete the resume checkpoints (checkpoint.pt, checkpoint.prev.pt) of finished "
                         "runs; best.pt stays, so they still colorize and evaluate.  Never of a run in use")
     p.add_argument("--min-age", type=_minutes, default=60.0, metavar="MINUTES",
-                   help="folders with a file younger than this are in use (default 60)")
+                   help="folders with a file younger than this are kept as recent (default 60)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=cmd_gc)
 

@@ -57,26 +57,32 @@ def live_temporaries(folder) -> list:
         return []
 
 
-def busy_reason(folder, min_age_s: float = 0.0, now: float = None):
-    """Why `folder` (searched recursively) is in use, or None: a held run lock, a live
-    temporary, or a file modified less than min_age_s seconds ago."""
+def busy_reason(folder, min_age_s: float = 0.0, now: float = None, builds=()):
+    """Why `folder` (searched recursively) is kept, or None, starting with the kind of reason:
+    "in use: locked by ..." (a held run lock), "in use: being written (...)" (a live temporary),
+    "being built: ..." (a file written since the oldest of `builds`, the live builds of
+    pipeline.builds.live_builds, started) or "recent: ..." (a file younger than min_age_s)."""
     now = time.time() if now is None else now
     for path, dirs, files in os.walk(folder):
         holder = lock_holder(path)
         if holder:
-            return f"locked by {holder}"
+            return f"in use: locked by {holder}"
         writing = live_temporaries(path)
         if writing:
-            return f"being written ({writing[0]})"
-        if min_age_s > 0:
-            for name in files:
-                try:
-                    age = now - os.lstat(os.path.join(path, name)).st_mtime
-                except OSError:
-                    continue
-                if age < min_age_s:
-                    return (f"{os.path.relpath(os.path.join(path, name), folder)} written "
-                            f"{format_seconds(age)} ago, under --min-age")
+            return f"in use: being written ({writing[0]})"
+        for name in files:
+            try:
+                mtime = os.lstat(os.path.join(path, name)).st_mtime
+            except OSError:
+                continue
+            rel = os.path.relpath(os.path.join(path, name), folder)
+            if builds and mtime >= builds[0]["started"]:
+                b = builds[0]
+                return (f"being built: {rel} written since the live build {b['host']}:{b['pid']} started "
+                        f"{format_seconds(now - b['started'])} ago (logs/{b['marker']})")
+            if now - mtime < min_age_s:
+                return (f"recent: {rel} written {format_seconds(now - mtime)} ago, younger than "
+                        f"--min-age {format_seconds(min_age_s)}")
     return None
 
 

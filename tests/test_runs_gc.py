@@ -236,7 +236,7 @@ def test_a_folder_taken_into_use_after_planning_is_not_deleted(copy_work, built)
     live = old_labels / "s32" / f".y.h5.tmp-{socket.gethostname()}-{os.getpid()}-0123abcd"
     live.write_bytes(b"")                   # a writer (this process) starts there
     errors = execute(plan)
-    assert len(errors) == 1 and "is in use now" in errors[0] and live.exists()
+    assert len(errors) == 1 and errors[0].endswith("in use: being written (" + live.name + ")") and live.exists()
     assert not list((copy_work / "gmm").glob("*/soft-k4-*.npz"))      # the rest went
 
 
@@ -320,14 +320,14 @@ def test_runs_show_sizes_and_gc_prunes_resume_checkpoints_of_finished_runs_only(
         plan = plan_gc(work, checkpoints=True, min_age_s=0)
         assert not [i for i in plan.delete if i.path.startswith(f"runs/{new.name}/")]
         assert [i for i in plan.delete if i.path.startswith(f"runs/{old.name}/")]      # finished, free
-        assert {"path": f"runs/{new.name}/", "reason": "locked by h:1 (since now)"} in plan.busy
+        assert {"path": f"runs/{new.name}/", "reason": "in use: locked by h:1 (since now)"} in plan.busy
     finally:
         os.close(fd)
     plan = plan_gc(work, checkpoints=True, min_age_s=0)
     fd = _hold_run_lock(new)                                              # locked after planning
     try:
         errors = execute(plan)
-        assert len(errors) == len(ckpts) and all("is in use now (locked by h:1" in e for e in errors), "\n".join(errors)
+        assert len(errors) == len(ckpts) and all(e.endswith("in use: locked by h:1 (since now)") for e in errors), "\n".join(errors)
         assert all(p.exists() for p in ckpts)
     finally:
         os.close(fd)
@@ -338,3 +338,36 @@ def test_runs_show_sizes_and_gc_prunes_resume_checkpoints_of_finished_runs_only(
     now_on_disk = sum(p.stat().st_size for p in new.rglob("*") if p.is_file())
     assert row["size_bytes"] == now_on_disk <= on_disk - rows[new.name]["resume_checkpoint_bytes"] + 100   # + .lock's line
     assert row["state"] == "finished" and row["resume_checkpoint_bytes"] == 0
+
+
+def test_gc_says_why_each_folder_is_kept_and_keeps_what_a_live_build_wrote(copy_work, built):
+    work, new = copy_work, built[3].name
+    old_labels = label_dir(built[2]).relative_to(built[0])
+    for p in work.rglob("*"):
+        os.utime(p, (1e9, 1e9), follow_symlinks=False)                   # every cache old
+    young = plan_gc(work, runs=[new], min_age_s=3600, now=1e9 + 60)
+    assert young.delete == [] and young.busy
+    assert all(b["reason"].startswith("recent: ") and "younger than --min-age 1h" in b["reason"]
+               for b in young.busy), young.busy
+    build = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])   # a `luigi` build
+    marker = work / "logs" / f"building-{socket.gethostname()}-{build.pid}"     # pipeline/builds.py
+    try:
+        marker.parent.mkdir(exist_ok=True)
+        marker.write_text("")
+        fresh = work / old_labels / "s32" / "fresh.h5"                   # what it wrote since it started
+        fresh.write_bytes(b"x")
+        plan = plan_gc(work, runs=[new], min_age_s=0)
+        [kept] = plan.busy
+        assert kept["path"] == f"{old_labels}/" and kept["reason"].startswith(
+            f"being built: s32/fresh.h5 written since the live build {socket.gethostname()}:{build.pid} started ")
+        assert kept["reason"].endswith(f"(logs/{marker.name})")
+        assert not any(i.path.startswith(str(old_labels)) for i in plan.delete)
+        assert plan.delete                                                 # older caches go
+        out = cli("gc", "--work-dir", work, "--run", new, "--dry-run", "--min-age", "0")
+        assert f"kept: {old_labels}/  (being built: s32/fresh.h5 written since the live build" in out.stdout
+        assert "in use" not in out.stdout
+    finally:
+        build.kill()
+        build.wait()
+    after = plan_gc(work, runs=[new], min_age_s=0)                       # the build has ended
+    assert f"{old_labels}/" in [i.path for i in after.delete] and not after.busy
