@@ -180,7 +180,9 @@ def read_run(run_dir) -> dict:
             "config": cfg.get("config"), "overrides": overrides_of(cfg) if cfg else None,
             "dataset": inputs.get("dataset") or config.get("dataset"),
             "iterations": iterations, "max_iteration": cfg.get("max_iteration"),
-            "best_val_loss": best[0], "best_iteration": best[1], "finished": finished, "state": state,
+            "best_val_loss": best[0], "best_iteration": best[1], "val_split": cfg.get("val_split"),
+            "validates_on_train": bool(cfg) and cfg.get("val_split") == cfg.get("train_split"),
+            "finished": finished, "state": state,
             "locked_by": holder, "auc": evals[-1]["auc"] if evals else None, "evaluations": evals,
             "init_checkpoint": inputs.get("init_checkpoint"), "problems": problems,
             "size_bytes": disk_usage(run_dir)[0],
@@ -207,7 +209,8 @@ def _cell(row, column) -> str:
         return f"{row['iterations']}/{row['max_iteration'] if row['max_iteration'] is not None else '?'}"
     if column == "best":
         loss = row["best_val_loss"]
-        return "-" if not isinstance(loss, (int, float)) else f"{loss:.4f} @{row['best_iteration']}"
+        on = f"{row['val_split']}{'=train!' if row['validates_on_train'] else ''}"
+        return "-" if not isinstance(loss, (int, float)) else f"{loss:.4f} @{row['best_iteration']} on {on}"
     if column == "auc":
         return "-" if not isinstance(row["auc"], (int, float)) else f"{row['auc']:.2f}"
     if column == "state":
@@ -220,7 +223,7 @@ def _cell(row, column) -> str:
 
 def format_table(rows) -> str:
     header = {"arch": "ARCH", "config": "CONFIG", "overrides": "OVERRIDES", "dataset": "DATASET",
-              "iterations": "ITER", "best": "BEST VAL @ITER", "state": "STATE",
+              "iterations": "ITER", "best": "BEST VAL @ITER ON SPLIT", "state": "STATE",
               "auc": f"AUC {EVAL_METHOD}", "size": "SIZE", "run": "RUN"}
     table = [[header[c] for c in COLUMNS]] + [[_cell(r, c) for c in COLUMNS] for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
@@ -232,7 +235,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("runs", help="list the training runs of a work dir",
                        description="One row per run folder under <work>/runs/: architecture, config "
                                    "number, overrides, dataset, iterations done/total, best validation "
-                                   f"loss and its iteration, state, evaluation AuC ({EVAL_METHOD}, %%), "
+                                   "loss, its iteration and split ('=train!': the run validates on its "
+                                   f"training photos, not held-out ones), state, evaluation AuC ({EVAL_METHOD}, %%), "
                                    "size on disk (1000-based units).",
                        epilog="exit status: 0 listed (also when there are no runs), 2 bad arguments "
                               "or no such work dir")
