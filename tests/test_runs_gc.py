@@ -371,3 +371,19 @@ def test_gc_says_why_each_folder_is_kept_and_keeps_what_a_live_build_wrote(copy_
         build.wait()
     after = plan_gc(work, runs=[new], min_age_s=0)                       # the build has ended
     assert f"{old_labels}/" in [i.path for i in after.delete] and not after.busy
+
+
+def test_runs_say_when_a_run_validates_on_its_training_photos(tmp_path):
+    for name, val in (("fcn32s-c101-a", "train"), ("fcn32s-c14-b", "small")):
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps({"arch": "fcn32s", "cfg": {
+            "config": 101, "train_split": "train", "val_split": val, "max_iteration": 300}}))
+        (run / "log.csv").write_text("iteration,epoch,split,loss,acc,acc_cls,mean_iu,fwavacc,lr,elapsed_s,data_split\n"
+                                     f"50,0,valid,0.52276065,0.1,0.1,0.1,0.1,0.001,9.0,{val}\n")
+    rows = {r["run"]: r for r in list_runs(tmp_path)}
+    assert (rows["fcn32s-c101-a"]["val_split"], rows["fcn32s-c101-a"]["validates_on_train"]) == ("train", True)
+    assert rows["fcn32s-c14-b"]["validates_on_train"] is False
+    out = cli("runs", "--work-dir", tmp_path).stdout.splitlines()
+    assert "BEST VAL @ITER ON SPLIT" in out[0]
+    assert "0.5228 @50 on train=train!" in out[1] and "0.5228 @50 on small " in out[2], out
