@@ -70,3 +70,11 @@ def test_docs_say_once_how_to_get_the_commands_on_path_and_use_one_form():
     for path, text in texts.items():
         for command in ("luigi", "colorize-fcn", "python", "tensorboard", "torchrun", "luigid"):
             assert f".venv/bin/{command} " not in text, (path, command)     # the bare name, after activate
+
+
+def test_the_installed_luigi_is_the_projects():
+    """pip installs it over Luigi's own script (checked: a venv with luigi 3.8.1, then
+    `pip install -e .`, has bin/luigi calling pipeline.luigi_cmdline.main)."""
+    import tomllib
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["luigi"] == "pipeline.luigi_cmdline:main"
