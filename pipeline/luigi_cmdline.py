@@ -8,9 +8,10 @@
 Luigi raises the first from CmdlineParser.__init__, outside run_with_retcodes' handler (a
 traceback and exit 1), and catches the second as "Uncaught exception in luigi" (exit 40).
 Both happen after `--module tasks` is imported, which imports this module: it wraps
-Register.get_task_cls where the command-line parser calls it, and Parameter._value_iterator
-(every command-line value goes through it).  These are private Luigi functions (luigi 3.8):
-recheck on upgrades; tests/test_errors.py covers each case.
+Register.get_task_cls where the command-line parser calls it, CmdlineParser._get_task_kwargs
+(the root task's own flags) and Parameter._value_iterator (every other command-line value).
+These are private Luigi functions (luigi 3.8): recheck on upgrades; tests/test_luigi_cmdline.py
+covers each case.
 
 Without `--module tasks` Luigi imports nothing of the project, so nothing here can help:
 main() is the project's `luigi` console script (pyproject.toml [project.scripts], installed
