@@ -9,11 +9,16 @@ STAMP  := $(VENV)/.installed
 
 venv: $(STAMP)
 
+# pip shows what it installs as it goes (--progress-bar on: a bar per download even in a log).
 $(STAMP): pyproject.toml
+	@echo "make: creating $(VENV) and installing the project (first time: a few minutes)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[test]'
+	@echo "make: [1/2] torch and torchvision (the largest part)"
+	$(BIN)/pip install --progress-bar on torch==2.14.1 torchvision==0.29.1
+	@echo "make: [2/2] the project and its other dependencies"
+	$(BIN)/pip install --progress-bar on -e '.[test]'
 	touch $(STAMP)
+	@echo "make: $(VENV) is ready; 'source $(VENV)/bin/activate' puts luigi and colorize-fcn on PATH"
 
 demo: $(STAMP)
 	$(BIN)/luigi --module tasks Demo

@@ -26,7 +26,7 @@ import luigi
 from luigi.cmdline_parser import CmdlineParser
 
 from models.registry import ARCHITECTURES, DEFAULT_TEMPERATURE
-from pipeline import luigi_summary  # noqa: F401  (exit codes under a central scheduler)
+from pipeline import luigi_cmdline, luigi_summary  # noqa: F401  (one-line command-line errors; exit codes)
 from pipeline.atomic import write_text_atomic
 from pipeline.config import config_name, resolve_config
 from pipeline.gmm import fit_gmm, load_gmm, save_gmm, uniform_grid
@@ -543,8 +543,9 @@ class Demo(luigi.Task):
         return self._done
 
     def run(self):
-        from inference.demo import colorize_one, demo_summary   # torch: only in the worker that runs it
+        from inference.demo import announce_stages, colorize_one, demo_summary   # torch: only in this worker
         from pipeline.samples import SAMPLE_VAL
+        announce_stages(resolve_config(self.config)["max_iteration"])
         yield SampleDataset(dest=self.dest)
         fcn16 = TRAIN_TASKS["fcn16s"](config=self.config, dataset=self.dest)
         evaluation = Evaluate(config=self.config, dataset=self.dest, arch="fcn16s", split="val")
@@ -552,7 +553,8 @@ class Demo(luigi.Task):
         photo = Path(self.dest) / f"{SAMPLE_VAL[0]}.png"            # held out: not a training photo
         coloured = colorize_one(fcn16.run_dir(), photo, fcn16.run_dir() / "demo" / photo.name,
                                 colorize().device)
-        summary = demo_summary([fcn16.init_task().run_dir(), fcn16.run_dir()], evaluation.out_dir(), coloured)
+        summary = demo_summary([fcn16.init_task().run_dir(), fcn16.run_dir()], evaluation.out_dir(), coloured,
+                               evaluation.split)
         if CmdlineParser.get_instance() is None:       # luigi.build() from Python: print it now
             print(summary, flush=True)
         else:                                          # `luigi ... Demo`: after Luigi's own summary

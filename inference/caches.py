@@ -22,10 +22,13 @@ plus anything under a --keep PATH.  Files of other names in these folders, and e
 folder of <work> but lab/, labels/, gmm/, stats/ and runs/ (e.g. the fingerprint cache),
 are never touched.
 
-In use (never deleted, listed as busy): a folder in which a process holds a run lock, a
-writer is alive behind a hidden temporary (pipeline/atomic.py), or a file was written less
-than --min-age minutes ago (a build may be making caches for a run whose inputs.json does
-not exist yet).  Temporaries of dead writers are garbage and go with the rest.
+Kept whatever the runs use (listed as plan.busy, each with its reason, runs.busy_reason):
+"in use" -- a folder in which a process holds a run lock or a writer is alive behind a
+hidden temporary (pipeline/atomic.py); "being built" -- a folder holding a file written since
+a live Luigi run of this work dir started (pipeline/builds.py: it may be a cache that run made
+for a run whose inputs.json does not exist yet); "recent" -- a file written less than
+--min-age minutes ago (the same, for builds gc cannot see).  Temporaries of dead writers are
+garbage and go with the rest.  --checkpoints: also the resume checkpoints of finished runs.
 
 Deleting: every item is first renamed to a hidden temporary name in its own folder
 (atomic, no cross-device move; a reader never sees half a folder), then removed.  If gc
@@ -42,8 +45,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.atomic import TMP_TAG, temporary_name
+from pipeline.builds import live_builds
 from pipeline.run_inputs import INPUTS_FILE, resolve_path
+from pipeline.runlock import holder as lock_holder
 
+from .disk import RESUME_CHECKPOINTS, disk_usage, human_size
 from .runs import busy_reason, default_work_dir, live_temporaries, read_run, run_folders
 
 CACHE_ROOTS = ("lab", "labels", "gmm", "stats")
@@ -230,21 +236,6 @@ def _known(rel: Path) -> bool:
 
 
 # ----------------------------------------------------------------------------- the plan
-def _size(path: Path) -> tuple:
-    """(bytes, files) of a file or a folder tree."""
-    if not path.is_dir():
-        return path.lstat().st_size, 1
-    total = count = 0
-    for dirpath, _, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, f)).st_size
-                count += 1
-            except OSError:
-                pass
-    return total, count
-
-
 def _unused(folder: Path, work: Path, keep: set):
     """None when nothing under `folder` is kept (the caller deletes it whole), else the Items
     under it to delete."""
@@ -271,7 +262,7 @@ def _unused_children(folder: Path, work: Path, keep: set) -> tuple:
     return items, whole
 
 
-def _not_in_use(items, work: Path, min_age_s: float, now: float, plan: Plan) -> list:
+def _not_in_use(items, work: Path, min_age_s: float, now: float, plan: Plan, builds=()) -> list:
     """The items none of whose folders is in use (busy_reason): every folder from below the
     cache root (or runs/) down to the item's own.  Each folder in use goes once to plan.busy."""
     reasons, free = {}, []
@@ -280,7 +271,7 @@ def _not_in_use(items, work: Path, min_age_s: float, now: float, plan: Plan) -> 
         folders = list(reversed(rel.parents))[2:] + ([rel] if item.path.endswith("/") else [])
         for folder in folders:
             if folder not in reasons:
-                reasons[folder] = busy_reason(work / folder, min_age_s, now)
+                reasons[folder] = busy_reason(work / folder, min_age_s, now, builds)
             if reasons[folder]:
                 break
         else:
@@ -289,11 +280,28 @@ def _not_in_use(items, work: Path, min_age_s: float, now: float, plan: Plan) -> 
     return free
 
 
+def _resume_checkpoints(work: Path, doomed: set) -> list:
+    """Items: checkpoint.pt and checkpoint.prev.pt of every finished run (done.json and best.pt)
+    not deleted whole.  A run in use (its lock held, a live writer, a recent file) keeps them:
+    _not_in_use checks its folder, and execute() again just before deleting."""
+    return [_item(run / name, work) for run in run_folders(work)
+            if run.name not in doomed and read_run(run)["finished"]
+            for name in RESUME_CHECKPOINTS if (run / name).is_file() and not (run / name).is_symlink()]
+
+
+def _run_locked(path: Path):
+    """'locked by <holder>' when `path` is a resume checkpoint of a run that a process trains now."""
+    holder = lock_holder(path.parent) if path.name in RESUME_CHECKPOINTS else None
+    return f"in use: locked by {holder}" if holder else None
+
+
 def _kind(rel: Path, is_dir: bool) -> str:
     """What a deleted item is, in words."""
     root, name = rel.parts[0], rel.name
     if _is_temporary(name):
         return "dead writer's temporary"
+    if root == "runs" and name in RESUME_CHECKPOINTS:
+        return "resume checkpoint of a finished run"
     if is_dir:
         return {"lab": "Lab shards", "gmm": "GMMs", "stats": "mean lightness", "runs": "run",
                 "labels": "label setting" if len(rel.parts) == 2 else "label shards"}[root]
@@ -306,16 +314,17 @@ def _kind(rel: Path, is_dir: bool) -> str:
 
 def _item(path: Path, work: Path) -> Item:
     rel = path.relative_to(work)
-    size, files = _size(path)
+    size, files = disk_usage(path)
     is_dir = path.is_dir() and not path.is_symlink()
     return Item(f"{rel}/" if is_dir else str(rel), _kind(rel, is_dir), size, files)
 
 
 def plan_gc(work, runs=(), configs=(), dataset=None, keep_paths=(), delete_runs=False,
-            min_age_s: float = 3600.0, now: float = None) -> Plan:
+            min_age_s: float = 3600.0, now: float = None, checkpoints: bool = False) -> Plan:
     """What gc would delete: the module docstring's rules.  keep_paths: files or folders
     (absolute or relative to work) kept whatever runs use; a caller that knows what a
-    config's PrepareRun would use (the Luigi graph) passes those paths here."""
+    config's PrepareRun would use (the Luigi graph) passes those paths here.  checkpoints:
+    also the resume checkpoints of finished runs (_resume_checkpoints)."""
     work, now = Path(work), time.time() if now is None else now
     if not work.is_dir():
         raise GCError(f"work dir {work} does not exist")
@@ -326,7 +335,8 @@ def plan_gc(work, runs=(), configs=(), dataset=None, keep_paths=(), delete_runs=
     unused = [i for root in CACHE_ROOTS if (work / root).is_dir()     # a root itself stays
               for i in _unused_children(work / root, work, keep)[0]]
     unused += [_item(work / "runs" / name, work) for name in doomed]
-    plan.delete = _not_in_use(unused, work, min_age_s, now, plan)
+    unused += _resume_checkpoints(work, set(doomed)) if checkpoints else []
+    plan.delete = _not_in_use(unused, work, min_age_s, now, plan, live_builds(work, now))
     plan.kept_files = len(keep)
     plan.kept_size = sum((work / p).stat().st_size for p in keep if (work / p).is_file())
     return plan
@@ -337,12 +347,13 @@ def execute(plan: Plan) -> list:
     them all.  A folder that a process has started to use since the plan (a lock, a live
     writer) is left alone.  Returns one-line errors (items that could not be deleted)."""
     work, errors, renamed = Path(plan.work_dir), [], []
+    builds = live_builds(work)
     for item in plan.delete:
         path = work / item.path.rstrip("/")
         tmp = temporary_name(path)
-        reason = busy_reason(path, 0) if item.path.endswith("/") else None
+        reason = busy_reason(path, 0, builds=builds) if item.path.endswith("/") else _run_locked(path)
         if reason:
-            errors.append(f"not deleted: {path} is in use now ({reason})")
+            errors.append(f"not deleted: {path}: {reason}")
             continue
         try:
             os.rename(path, tmp)
@@ -359,18 +370,11 @@ def execute(plan: Plan) -> list:
     return errors
 
 
-def human_size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-
-
 def format_plan(plan: Plan, dry_run: bool) -> str:
     verb = "would delete" if dry_run else "deleting"
     lines = [f"{verb} {human_size(i.size):>9}  {i.path}  ({i.kind}, {i.files} file{'s' * (i.files != 1)})"
              for i in plan.delete]
-    lines += [f"in use, kept: {b['path']}  ({b['reason']})" for b in plan.busy]
+    lines += [f"kept: {b['path']}  ({b['reason']})" for b in plan.busy]
     lines.append(f"kept: {plan.kept_files} cache files ({human_size(plan.kept_size)}) used by "
                  f"{len(plan.kept_runs)} run(s)")
     lines.append(f"{'would free' if dry_run else 'freeing'} {human_size(plan.size)} in "
@@ -397,8 +401,11 @@ def add_parser(sub) -> None:
     p.add_argument("--keep", nargs="+", default=[], metavar="PATH", help="also keep these files or folders")
     p.add_argument("--delete-runs", action="store_true",
                    help="also delete the run folders that are not kept (needs a selection)")
+    p.add_argument("--checkpoints", action="store_true",
+                   help="also delete the resume checkpoints (checkpoint.pt, checkpoint.prev.pt) of finished "
+                        "runs; best.pt stays, so they still colorize and evaluate.  Never of a run in use")
     p.add_argument("--min-age", type=_minutes, default=60.0, metavar="MINUTES",
-                   help="folders with a file younger than this are in use (default 60)")
+                   help="folders with a file younger than this are kept as recent (default 60)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=cmd_gc)
 
@@ -417,7 +424,7 @@ def cmd_gc(args) -> int:
     work = Path(args.work_dir or default_work_dir())
     try:
         plan = plan_gc(work, args.run, args.config, args.dataset, args.keep, args.delete_runs,
-                       min_age_s=args.min_age * 60)
+                       min_age_s=args.min_age * 60, checkpoints=args.checkpoints)
     except GCError as e:
         sys.stderr.write(f"colorize-fcn: error: {e}\n")
         return 2

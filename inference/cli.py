@@ -1,7 +1,8 @@
 """`colorize-fcn` command line (also `python -m inference ...`).
 
     colorize-fcn colorize --model RUN_DIR_OR_CHECKPOINT INPUT... --out DIR
-                          [--format png|jpg] [--quality Q] [--skip-existing | --overwrite]
+                          [--format png|jpg] [--quality Q]
+                          [--skip-existing | --redo-changed | --overwrite]
                           [--size N] [--decoder max|mean|annealed] [--temperature 0.38]
                           [--batch-size N] [--device auto] [--threads N] [-q]
     colorize-fcn --version
@@ -14,7 +15,8 @@ reported on stderr in one line and the others go on.
 
 Each output records which input it was made from (a digest of the input's path,
 its size and mtime), so --skip-existing keeps only outputs made from the same
-input; others are refused.  Without --overwrite an output is never replaced, not
+input; others are refused.  --redo-changed keeps those too and redoes (replaces)
+the outputs made from an earlier version of their input.  Without --overwrite an output is never replaced, not
 even one that another command writes into the same folder meanwhile.
 
 Exit status: 0 all colorized, 1 some input failed, 2 bad arguments, refused
@@ -123,6 +125,10 @@ def add_colorize(sub) -> None:
     existing.add_argument("--skip-existing", action="store_true",
                           help="leave outputs made from the same input alone (and do not colorize their "
                                "inputs); an existing output made from another input is refused")
+    existing.add_argument("--redo-changed", action="store_true",
+                          help="as --skip-existing, and redo (replace) the outputs made from an earlier "
+                               "version of their input (it changed since); an output made from another "
+                               "input is still refused")
     existing.add_argument("--overwrite", action="store_true",
                           help="replace outputs that exist already (without either, they are refused)")
     p.add_argument("--size", type=_int_in(16, 4096), default=None, metavar="N",
@@ -146,22 +152,27 @@ def _report_outputs(lines) -> None:
         _say("error", f"... and {len(lines) - _MAX_LISTED} more outputs that exist")
 
 
-def _outputs_to_keep(existing):
-    """--skip-existing: (outputs that record their input as it is now, one error line for each other).
-    An output's name depends on the whole input set (clashes get -2, -3, ...), so a name alone
-    does not say that the output was made from this input."""
-    from .files import output_mismatch
-    kept, lines = set(), []
+def _outputs_to_keep(existing, redo_changed=False):
+    """--skip-existing: (outputs that record their input as it is now, one error line for each
+    other, outputs to redo).  An output's name depends on the whole input set (clashes get -2,
+    -3, ...), so a name alone does not say that the output was made from this input.
+    redo_changed (--redo-changed): an output made from an earlier version of its input is to
+    redo, not an error."""
+    from .files import EARLIER_VERSION, output_mismatch
+    kept, lines, redo = set(), [], set()
     for src, dst in existing:
         try:
             why = output_mismatch(src, dst)
         except OSError:
             continue          # an input that cannot be read is reported when it is read; dst stays
-        if why:
-            lines.append(f"{dst} exists but {why}; --overwrite replaces it")
+        if why and redo_changed and why.startswith(EARLIER_VERSION):
+            redo.add(dst)
+        elif why:
+            hint = "--redo-changed redoes it, " if why.startswith(EARLIER_VERSION) else ""
+            lines.append(f"{dst} exists but {why}; {hint}--overwrite replaces it")
         else:
             kept.add(dst)
-    return kept, lines
+    return kept, lines, redo
 
 
 def cmd_colorize(args) -> int:
@@ -176,9 +187,9 @@ def cmd_colorize(args) -> int:
     for folder, msg in refused:
         print_error(folder, msg)
     existing = [(src, dst) for src, dst in items if dst.exists()]
-    kept, lines = set(), []
-    if existing and args.skip_existing:
-        kept, lines = _outputs_to_keep(existing)
+    kept, lines, redo = set(), [], set()
+    if existing and (args.skip_existing or args.redo_changed):
+        kept, lines, redo = _outputs_to_keep(existing, args.redo_changed)
     elif existing and not args.overwrite:
         lines = [f"{dst} exists (--overwrite replaces it, --skip-existing keeps it)" for _, dst in existing]
     if refused or lines:
@@ -208,7 +219,8 @@ def cmd_colorize(args) -> int:
         print_error(raw, msg)
     size = args.size or model.im_size
     if not args.quiet:
-        skipped = f", {len(kept)} skipped (output exists)" if kept else ""
+        skipped = (f", {len(kept)} skipped (output exists)" if kept else "") + \
+            (f", {len(redo)} redone (input changed)" if redo else "")
         sys.stderr.write(f"{PROG}: {len(items)} image(s) -> {args.out}{skipped} ({args.decoder} decoder"
                          f"{f', T={args.temperature}' if args.decoder == 'annealed' else ''}, "
                          f"network size {size}, {args.format}, {model.device})\n")
@@ -225,11 +237,16 @@ def cmd_colorize(args) -> int:
         print_error(src, msg)
         done(src, None)
 
+    result = {"ok": 0, "failed": [], "alpha_dropped": 0}
     try:
         with sigterm_interrupts():
-            result = colorize_items(model, items, args.decoder, args.temperature, args.batch_size,
-                                    args.threads, on_done=done, on_error=failed, size=size, fmt=args.format,
-                                    quality=args.quality or DEFAULT_JPEG_QUALITY, replace=args.overwrite)
+            for replace, part in ((True, [i for i in items if args.overwrite or i[1] in redo]),   # only these
+                                  (False, [i for i in items if not args.overwrite and i[1] not in redo])):
+                if part:
+                    got = colorize_items(model, part, args.decoder, args.temperature, args.batch_size,
+                                         args.threads, on_done=done, on_error=failed, size=size, fmt=args.format,
+                                         quality=args.quality or DEFAULT_JPEG_QUALITY, replace=replace)
+                    result = {k: result[k] + got[k] for k in result}
     except KeyboardInterrupt:
         if bar:
             bar.close()

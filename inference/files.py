@@ -183,6 +183,9 @@ def collect_inputs(inputs, out_dir, suffix: str = ".png") -> Inputs:
     return Inputs(items, errors, [(str(f), msg) for f, msg in refused.items()])
 
 
+EARLIER_VERSION = "was made from an earlier version of"     # output_mismatch: --redo-changed redoes these
+
+
 def output_mismatch(src, dst):
     """None when the existing output `dst` records that it was made from `src` as it is now
     (so --skip-existing may keep it), else why not, in words.  Raises OSError when `src`
@@ -193,7 +196,7 @@ def output_mismatch(src, dst):
     if got is None:
         return "records no input (not written by this colorize-fcn, or edited since)"
     if got.split()[0] == want.split()[0]:
-        return f"was made from an earlier version of {src}"
+        return f"{EARLIER_VERSION} {src}"
     return "was made from another input (output names depend on the whole input set: clashing names get -2, -3, ...)"
 
 

@@ -27,8 +27,10 @@ from pipeline.run_inputs import INPUTS_FILE
 from pipeline.runlock import holder as lock_holder
 from train.best import CRITERIA, is_better
 
+from .disk import RESUME_CHECKPOINTS, disk_usage, human_size
+
 EVAL_METHOD = "model/annealed"  # the AuC shown: the network's posteriors, annealed-mean decoder
-COLUMNS = ("arch", "config", "overrides", "dataset", "iterations", "best", "state", "auc", "run")
+COLUMNS = ("arch", "config", "overrides", "dataset", "iterations", "best", "state", "auc", "size", "run")
 
 
 def default_work_dir() -> str:
@@ -55,26 +57,32 @@ def live_temporaries(folder) -> list:
         return []
 
 
-def busy_reason(folder, min_age_s: float = 0.0, now: float = None):
-    """Why `folder` (searched recursively) is in use, or None: a held run lock, a live
-    temporary, or a file modified less than min_age_s seconds ago."""
+def busy_reason(folder, min_age_s: float = 0.0, now: float = None, builds=()):
+    """Why `folder` (searched recursively) is kept, or None, starting with the kind of reason:
+    "in use: locked by ..." (a held run lock), "in use: being written (...)" (a live temporary),
+    "being built: ..." (a file written since the oldest of `builds`, the live builds of
+    pipeline.builds.live_builds, started) or "recent: ..." (a file younger than min_age_s)."""
     now = time.time() if now is None else now
     for path, dirs, files in os.walk(folder):
         holder = lock_holder(path)
         if holder:
-            return f"locked by {holder}"
+            return f"in use: locked by {holder}"
         writing = live_temporaries(path)
         if writing:
-            return f"being written ({writing[0]})"
-        if min_age_s > 0:
-            for name in files:
-                try:
-                    age = now - os.lstat(os.path.join(path, name)).st_mtime
-                except OSError:
-                    continue
-                if age < min_age_s:
-                    return (f"{os.path.relpath(os.path.join(path, name), folder)} written "
-                            f"{format_seconds(age)} ago, under --min-age")
+            return f"in use: being written ({writing[0]})"
+        for name in files:
+            try:
+                mtime = os.lstat(os.path.join(path, name)).st_mtime
+            except OSError:
+                continue
+            rel = os.path.relpath(os.path.join(path, name), folder)
+            if builds and mtime >= builds[0]["started"]:
+                b = builds[0]
+                return (f"being built: {rel} written since the live build {b['host']}:{b['pid']} started "
+                        f"{format_seconds(now - b['started'])} ago (logs/{b['marker']})")
+            if now - mtime < min_age_s:
+                return (f"recent: {rel} written {format_seconds(now - mtime)} ago, younger than "
+                        f"--min-age {format_seconds(min_age_s)}")
     return None
 
 
@@ -172,9 +180,14 @@ def read_run(run_dir) -> dict:
             "config": cfg.get("config"), "overrides": overrides_of(cfg) if cfg else None,
             "dataset": inputs.get("dataset") or config.get("dataset"),
             "iterations": iterations, "max_iteration": cfg.get("max_iteration"),
-            "best_val_loss": best[0], "best_iteration": best[1], "finished": finished, "state": state,
+            "best_val_loss": best[0], "best_iteration": best[1], "val_split": cfg.get("val_split"),
+            "validates_on_train": bool(cfg) and cfg.get("val_split") == cfg.get("train_split"),
+            "finished": finished, "state": state,
             "locked_by": holder, "auc": evals[-1]["auc"] if evals else None, "evaluations": evals,
-            "init_checkpoint": inputs.get("init_checkpoint"), "problems": problems}
+            "init_checkpoint": inputs.get("init_checkpoint"), "problems": problems,
+            "size_bytes": disk_usage(run_dir)[0],
+            "resume_checkpoint_bytes": sum(disk_usage(run_dir / n)[0] for n in RESUME_CHECKPOINTS
+                                           if (run_dir / n).is_file())}
 
 
 def _last_iteration(rows) -> int:
@@ -196,19 +209,22 @@ def _cell(row, column) -> str:
         return f"{row['iterations']}/{row['max_iteration'] if row['max_iteration'] is not None else '?'}"
     if column == "best":
         loss = row["best_val_loss"]
-        return "-" if not isinstance(loss, (int, float)) else f"{loss:.4f} @{row['best_iteration']}"
+        on = f"{row['val_split']}{'=train!' if row['validates_on_train'] else ''}"
+        return "-" if not isinstance(loss, (int, float)) else f"{loss:.4f} @{row['best_iteration']} on {on}"
     if column == "auc":
         return "-" if not isinstance(row["auc"], (int, float)) else f"{row['auc']:.2f}"
     if column == "state":
         return row["state"] + (" !" if row["problems"] else "")
+    if column == "size":
+        return human_size(row["size_bytes"])
     value = row[column]
     return "?" if value is None else str(value)
 
 
 def format_table(rows) -> str:
     header = {"arch": "ARCH", "config": "CONFIG", "overrides": "OVERRIDES", "dataset": "DATASET",
-              "iterations": "ITER", "best": "BEST VAL @ITER", "state": "STATE",
-              "auc": f"AUC {EVAL_METHOD}", "run": "RUN"}
+              "iterations": "ITER", "best": "BEST VAL @ITER ON SPLIT", "state": "STATE",
+              "auc": f"AUC {EVAL_METHOD}", "size": "SIZE", "run": "RUN"}
     table = [[header[c] for c in COLUMNS]] + [[_cell(r, c) for c in COLUMNS] for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table)
@@ -219,7 +235,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("runs", help="list the training runs of a work dir",
                        description="One row per run folder under <work>/runs/: architecture, config "
                                    "number, overrides, dataset, iterations done/total, best validation "
-                                   f"loss and its iteration, state, evaluation AuC ({EVAL_METHOD}, %%).",
+                                   "loss, its iteration and split ('=train!': the run validates on its "
+                                   f"training photos, not held-out ones), state, evaluation AuC ({EVAL_METHOD}, %%), "
+                                   "size on disk (1000-based units).",
                        epilog="exit status: 0 listed (also when there are no runs), 2 bad arguments "
                               "or no such work dir")
     p.add_argument("--work-dir", default=None, help="default: luigi.cfg [colorize] work_dir")

@@ -6,6 +6,8 @@ and finally upsamples by the remaining stride and crops to the input size.
 Crop offsets are the reference ones for a conv1_1 padding of 100.
 """
 import os
+import pickle
+import zipfile
 
 import torch
 import torch.nn as nn
@@ -131,6 +133,17 @@ def init_from_fcn(dst, src):
 
 
 @torch.no_grad()
+def _why_not_weights(path, error: Exception) -> str:
+    """Why torch.load(weights_only=True) refused a weights file, in one line without torch's
+    text (which advises weights_only=False: loading a pickle that way could run code)."""
+    if isinstance(error, OSError):
+        return f"cannot read it ({error.strerror or type(error).__name__})"
+    if isinstance(error, pickle.UnpicklingError) and zipfile.is_zipfile(path):    # torch.save's format
+        return ("it holds more than tensors and plain values, and loading it could run code: refused "
+                "(torchvision's vgg16_bn-*.pth is a plain state_dict and loads as it is)")
+    return "not a PyTorch weights file, or truncated"
+
+
 def load_vgg16_bn_weights(model, path):
     """Initialise model.trunk from a local torchvision vgg16_bn state_dict file.
 
@@ -146,9 +159,8 @@ def load_vgg16_bn_weights(model, path):
         raise FileNotFoundError(f"vgg16_bn weights not found: {path} (nothing is downloaded)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:   # torch's own message is many lines and advises an unsafe load: not echoed
-        raise ValueError(f"{path} is not a loadable state_dict ({type(e).__name__}): a weights-only "
-                         f"PyTorch file of tensors is needed") from e
+    except Exception as e:  # noqa: BLE001 - torch's message advises an unsafe load: never repeat it
+        raise ValueError(f"{path} is not a vgg16_bn state_dict: {_why_not_weights(path, e)}") from e
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a vgg16_bn state_dict")
 

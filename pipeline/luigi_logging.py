@@ -23,8 +23,10 @@ import time
 from pathlib import Path
 
 import luigi
+from luigi.cmdline_parser import CmdlineParser
 from luigi.task_register import Register
 
+from .luigi_cmdline import work_dir_on_command_line
 from .luigi_summary import ERROR_LOGGER, run_problems
 
 DEBUG_ENV = "COLORIZE_DEBUG"
@@ -41,7 +43,11 @@ def debug() -> bool:
 # ------------------------------------------------------------------------------ log file
 def _work_dir() -> Path:
     """[colorize] work_dir as the command line set it.  pipeline.stage.colorize is found by name, as
-    this module is loaded before it; where it is not loaded (luigid), luigi.cfg's value."""
+    this module is loaded before it; where it is not loaded (luigid), luigi.cfg's value.  When
+    the command line failed to parse (Luigi sets logging up afterwards, with no parsed command
+    line left), its --colorize-work-dir."""
+    if CmdlineParser.get_instance() is None and work_dir_on_command_line():
+        return Path(work_dir_on_command_line())
     try:
         return Path(Register.get_task_cls("colorize")().work_dir)
     except Exception:  # noqa: BLE001 - not loaded, or a bad --colorize-* value (the tasks report it)

@@ -27,6 +27,8 @@ import luigi.execution_summary
 import luigi.retcodes
 from luigi.cmdline_parser import CmdlineParser
 
+from .builds import end_builds, mark_build
+
 ERROR_LOGGER = "colorize-fcn"
 _errors = logging.getLogger(ERROR_LOGGER)
 
@@ -43,6 +45,7 @@ def _is_complete(task) -> bool:
 
 
 def _summary_dict(worker):
+    end_builds()                 # called as the run ends: its caches are referenced or complete now
     sets = _luigi_summary_dict(worker)
     finished = {t for t in set().union(*(sets[k] for k in _WAITED_ON)) if _is_complete(t)}
     for key in _WAITED_ON:
@@ -93,9 +96,30 @@ def report_error(task, what) -> None:
         _errors.error(line)
 
 
+_STILL_INCOMPLETE = "complete() is still returning false"     # luigi 3.8 worker.py, [worker] check_complete_on_run
+
+
+def _missing_output(task):
+    """The path of the first output missing at or below `task` (its requirements, depth first)."""
+    for target in luigi.task.flatten(task.output()):
+        if not target.exists():
+            return getattr(target, "path", str(target))
+    for required in luigi.task.flatten(task.requires()):
+        missing = _missing_output(required)
+        if missing:
+            return missing
+    return None
+
+
 @luigi.Task.event_handler(luigi.Event.BROKEN_TASK)       # requires() raised while scheduling
 @luigi.Task.event_handler(luigi.Event.FAILURE)           # run() raised
 def _report_exception(task, exception):
+    if _STILL_INCOMPLETE in str(exception):
+        missing = _missing_output(task)
+        report_error(task, f"it ran, but {missing or 'an output it needs'} is gone: deleted while this build "
+                           "ran (by `colorize-fcn gc --min-age 0` in another shell, or by hand?); the same "
+                           "command rebuilds it")
+        return
     report_error(task, _describe(exception))
 
 
@@ -107,6 +131,19 @@ def _report_complete_error(task):
         task.complete()
     except Exception as exception:  # noqa: BLE001 - reported, as Luigi already failed the task
         report_error(task, _describe(exception))
+
+
+@luigi.Task.event_handler(luigi.Event.DEPENDENCY_PRESENT)   # scheduling: the run works in this work dir
+@luigi.Task.event_handler(luigi.Event.DEPENDENCY_MISSING)
+@luigi.Task.event_handler(luigi.Event.START)
+def _mark_build(task):
+    """pipeline.builds: `colorize-fcn gc` keeps what this run writes while it runs."""
+    work_dir = getattr(task, "work_dir", None)
+    if callable(work_dir):
+        try:
+            mark_build(work_dir())
+        except Exception:  # noqa: BLE001 - a bad [colorize] setting: the task reports it
+            pass
 
 
 @luigi.Task.event_handler(luigi.Event.PROCESS_FAILURE)   # its worker process died (e.g. killed)

@@ -138,7 +138,7 @@ def _colorize_parser():
 
 def test_readme_usage_lists_every_colorize_option_and_help_states_no_figures():
     readme = (ROOT / "README.md").read_text()
-    usage = readme[readme.index(".venv/bin/colorize-fcn colorize --model work/runs/fcn16s-c101-<sig> photos/"):]
+    usage = readme[readme.index("colorize-fcn colorize --model work/runs/fcn16s-c101-<sig> photos/"):]
     usage = usage[:usage.index("```")]
     options = [max(a.option_strings, key=len) for a in _colorize_parser()._actions
                if a.option_strings and a.dest != "help"]

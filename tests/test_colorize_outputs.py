@@ -54,6 +54,29 @@ def test_skip_existing_keeps_only_outputs_made_from_the_same_input(tmp_path, cap
     assert _colorize_here(capsys, tmp_path / "no-model", a, "--out", out, "--format", fmt, "--skip-existing")[0] == 0
 
 
+def test_redo_changed_redoes_only_the_outputs_whose_input_changed(tmp_path, capsys):
+    run = fake_run(tmp_path)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, name in enumerate(("p.png", "q.png", "r.png")):
+        Image.fromarray(_photo()[:, ::-1] if i == 1 else _photo()).save(photos / name)
+    out = tmp_path / "out"
+    assert _colorize_here(capsys, run, photos, "--out", out)[0] == 0
+    before = {n: (out / n).stat().st_mtime_ns for n in ("p.png", "q.png", "r.png")}
+    q = photos / "q.png"
+    Image.fromarray(_photo()).save(q)                                   # one source changed
+    code, err = _colorize_here(capsys, run, photos, "--out", out, "--skip-existing")
+    assert code == 2 and err.count("\n") == 1 and "--redo-changed redoes it" in err, err   # as before
+    code, err = _colorize_here(capsys, run, photos, "--out", out, "--redo-changed")
+    assert code == 0 and err == "", err                                  # -q
+    after = {n: (out / n).stat().st_mtime_ns for n in before}
+    assert after["p.png"] == before["p.png"] and after["r.png"] == before["r.png"]
+    assert after["q.png"] != before["q.png"]
+    assert inference.files.output_mismatch(q, out / "q.png") is None     # records the new q
+    code, err = _colorize_here(capsys, tmp_path / "no-model", photos, "--out", out, "--redo-changed")
+    assert code == 0 and err == "", err                                  # nothing changed: no model needed
+
+
 def test_an_output_that_appears_meanwhile_is_not_replaced(tmp_path, capsys, monkeypatch):
     run = fake_run(tmp_path)
     src = _photo_folder(tmp_path / "in", ("p", "q"))

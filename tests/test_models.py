@@ -288,8 +288,29 @@ def test_load_vgg16_bn_weights(tmp_path):
     with pytest.raises(ValueError, match="not a vgg16_bn"):
         load_vgg16_bn_weights(model, tmp_path / "other.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match=r"junk\.pth is not a loadable state_dict \(UnpicklingError\): a weights-only") as e:
+    with pytest.raises(ValueError, match=r"junk\.pth is not a vgg16_bn state_dict: not a PyTorch weights file, or truncated$") as e:
         load_vgg16_bn_weights(model, tmp_path / "junk.pth")
     assert "\n" not in str(e.value) and "weights_only" not in str(e.value)   # never torch's unsafe advice
     with pytest.raises(ValueError, match="width 1"):
         load_vgg16_bn_weights(build_model("fcn32s", n_classes=5, width=W), path)
+
+
+class _Pickled:
+    """Not a tensor: torch.load(weights_only=True) refuses a file holding one."""
+
+
+def test_vgg16_bn_weights_errors_never_advise_an_unsafe_load(tmp_path):
+    model = build_model("fcn32s", n_classes=5)  # width 1; no forward pass
+    torch.save({"features.0.weight": _Pickled()}, tmp_path / "pickled.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "pickled.pth").read_bytes()[:50])
+    messages = {}
+    for name in ("pickled.pth", "junk.pth", "cut.pth"):
+        with pytest.raises(ValueError) as info:
+            load_vgg16_bn_weights(model, tmp_path / name)
+        messages[name] = str(info.value)
+    for msg in messages.values():
+        assert "weights_only" not in msg and "False" not in msg and "\n" not in msg, msg
+    assert "could run code: refused" in messages["pickled.pth"]
+    assert messages["junk.pth"].endswith("not a PyTorch weights file, or truncated")
+    assert messages["cut.pth"].endswith("not a PyTorch weights file, or truncated")

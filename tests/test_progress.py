@@ -1,4 +1,5 @@
 """The one progress display: what it prints on a terminal and in a log."""
+import csv
 import io
 import re
 
@@ -88,12 +89,15 @@ def test_training_prints_one_line_per_validation_and_logs_hparams(tmp_path, caps
     fit(tmp_path / "run", _inputs(data, _cfg(max_iteration=4, interval_validate=2, batch_size=2)),
         device="cpu", log=lambda *a: None)
     lines = capsys.readouterr().err.splitlines()
-    valid = [line for line in lines if line.startswith("valid ")]
+    valid = [line for line in lines if line.startswith("fcn32s val ")]      # the run and the split named
     assert len(valid) == 2, lines
-    assert re.match(r"valid iteration 2/4: loss \d+\.\d{4}, mean IoU \d\.\d{3}, pixel acc \d\.\d{3}  \(new best\)$",
-                    valid[0]), valid[0]
-    assert re.match(r"valid iteration 4/4: .*\((new best|best \d+\.\d{4} at 2)\)$", valid[1]), valid[1]
-    assert any(re.match(r"train 4/4 \(100%\) .* loss \d+\.\d{4} \(mean of recent steps\)$", line) for line in lines), lines
+    assert re.match(r"fcn32s val on 'val' iteration 2/4: loss \d+\.\d{4}, mean IoU \d\.\d{3}, pixel acc \d\.\d{3}  "
+                    r"\(new best\)$", valid[0]), valid[0]
+    assert re.match(r"fcn32s val on 'val' iteration 4/4: .*\((new best|best \d+\.\d{4} at 2)\)$", valid[1]), valid[1]
+    assert any(re.match(r"fcn32s train 4/4 \(100%\) .* loss \d+\.\d{4} \(mean of recent steps\)$", line) for line in lines), lines
+    with open(tmp_path / "run" / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["split"], r["data_split"]) for r in rows] == [("train", "train"), ("valid", "val")] * 2
     events = list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
     assert len(events) == 1
     acc = EventAccumulator(str(tmp_path / "run" / "tb"))
@@ -128,3 +132,36 @@ def test_building_shards_prints_one_line_per_stage_not_per_image(work, photo_dat
     assert any(line.startswith("LabShard train: ") for line in stages), err
     assert any(re.match(r"LabelShard train: (\d+)/\1 shards", line) for line in stages), stages
     assert not any(re.search(r"\d+/\d+ \(\d+%\)", line) for line in err), err   # no per-image bars
+
+
+def test_a_validation_on_the_training_photos_says_so():
+    from train.runlog import split_label
+    assert split_label({"train_split": "train", "val_split": "small"}) == "val on 'small'"
+    assert split_label({"train_split": "train", "val_split": "train"}) == "val on 'train' (the training photos)"
+
+
+def test_the_demo_names_its_stage_of_five_with_elapsed_time_and_eta():
+    from inference.demo import StageLines
+    now = [0.0]
+    out = io.StringIO()
+    lines = StageLines(300, out, clock=lambda: now[0])
+    shown = []
+    for family, t in [("SampleDataset", 1), ("LabShard", 5), ("FitGMM", 20), ("TrainFCN32s", 60),
+                      ("TrainFCN16s", 360), ("Evaluate", 700), ("Demo", 710)]:
+        now[0] = t
+        if family == "TrainFCN16s":
+            lines.on_success("TrainFCN32s")                  # 300 iterations in 300 s: 1 s/it
+        shown.append(lines.on_start(family))
+    assert shown == [
+        "demo: stage 1 of 5: write the sample photos; elapsed 1s, ETA: known once fcn32s has trained",
+        "demo: stage 2 of 5: preprocess: Lab and label shards, GMM, class priors; elapsed 5s, "
+        "ETA: known once fcn32s has trained",
+        None,                                                  # the same stage: no new line
+        "demo: stage 3 of 5: train fcn32s (300 iterations); elapsed 1m00s, ETA: this run's on its train "
+        "line below; fcn16s then takes about as long",
+        "demo: stage 4 of 5: train fcn16s from the best fcn32s (300 iterations); elapsed 6m00s, "
+        "ETA ~5m00s (at fcn32s's pace)",
+        "demo: stage 5 of 5: evaluate fcn16s on the held-out photos, colorize one; elapsed 11m40s, "
+        "ETA under a minute",
+        None]
+    assert out.getvalue().splitlines() == [s for s in shown if s]

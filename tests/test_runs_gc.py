@@ -16,6 +16,7 @@ import pytest
 import tasks
 from conftest import build, write_photo
 from inference.caches import execute, plan_gc
+from inference.disk import human_size
 from inference.cli import main
 from inference.runs import list_runs
 
@@ -236,7 +237,7 @@ def test_a_folder_taken_into_use_after_planning_is_not_deleted(copy_work, built)
     live = old_labels / "s32" / f".y.h5.tmp-{socket.gethostname()}-{os.getpid()}-0123abcd"
     live.write_bytes(b"")                   # a writer (this process) starts there
     errors = execute(plan)
-    assert len(errors) == 1 and "is in use now" in errors[0] and live.exists()
+    assert len(errors) == 1 and errors[0].endswith("in use: being written (" + live.name + ")") and live.exists()
     assert not list((copy_work / "gmm").glob("*/soft-k4-*.npz"))      # the rest went
 
 
@@ -280,3 +281,110 @@ def test_gc_exit_codes(built, tmp_path):
 def test_gc_refuses_a_bad_min_age(tmp_path, value, says):
     out = cli("gc", "--work-dir", tmp_path, "--min-age", value, "--dry-run")
     assert out.returncode == 2 and says in out.stderr, out.stderr
+
+
+# ----------------------------------------------------------------------------- disk use
+def _hold_run_lock(run: Path) -> int:
+    fd = os.open(run / ".lock", os.O_RDWR | os.O_CREAT)               # pipeline/runlock.py's lock
+    os.write(fd, json.dumps({"host": "h", "pid": 1, "started": "now"}).encode())
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def test_runs_show_sizes_and_gc_prunes_resume_checkpoints_of_finished_runs_only(copy_work, built):
+    work, new = copy_work, copy_work / "runs" / built[3].name
+    stopped = work / "runs" / "fcn32s-c102-stopped"
+    shutil.copytree(new, stopped)
+    (stopped / "done.json").unlink()                                      # unfinished: resumes from them
+    ckpts = [new / n for n in ("checkpoint.pt", "checkpoint.prev.pt") if (new / n).exists()]
+    assert new / "checkpoint.pt" in ckpts
+    rows = {r["run"]: r for r in list_runs(work)}
+    on_disk = sum(p.stat().st_size for p in new.rglob("*") if p.is_file())
+    assert rows[new.name]["size_bytes"] == on_disk > 0
+    assert rows[new.name]["resume_checkpoint_bytes"] == sum(p.stat().st_size for p in ckpts)
+    out = cli("runs", "--work-dir", work)
+    assert out.stdout.splitlines()[0].split()[-2:] == ["SIZE", "RUN"]
+    line = next(x for x in out.stdout.splitlines() if x.endswith(new.name))
+    assert line.split()[-3:-1] == human_size(on_disk).split(), line
+
+    dry = cli("gc", "--work-dir", work, "--checkpoints", "--dry-run", "--min-age", "0")
+    assert dry.returncode == 0, dry.stderr
+    listed = [x.split()[4] for x in dry.stdout.splitlines() if "resume checkpoint of a finished run" in x]
+    old = work / "runs" / built[2].name                                   # the other finished run
+    old_ckpts = [old / n for n in ("checkpoint.pt", "checkpoint.prev.pt") if (old / n).exists()]
+    assert sorted(listed) == sorted(str(p.relative_to(work)) for p in ckpts + old_ckpts)
+    assert all(p.exists() for p in ckpts)                                 # a dry run deletes nothing
+    assert "resume checkpoint" not in cli("gc", "--work-dir", work, "--dry-run", "--min-age", "0").stdout
+
+    fd = _hold_run_lock(new)                                              # a running run: never touched
+    try:
+        plan = plan_gc(work, checkpoints=True, min_age_s=0)
+        assert not [i for i in plan.delete if i.path.startswith(f"runs/{new.name}/")]
+        assert [i for i in plan.delete if i.path.startswith(f"runs/{old.name}/")]      # finished, free
+        assert {"path": f"runs/{new.name}/", "reason": "in use: locked by h:1 (since now)"} in plan.busy
+    finally:
+        os.close(fd)
+    plan = plan_gc(work, checkpoints=True, min_age_s=0)
+    fd = _hold_run_lock(new)                                              # locked after planning
+    try:
+        errors = execute(plan)
+        assert len(errors) == len(ckpts) and all(e.endswith("in use: locked by h:1 (since now)") for e in errors), "\n".join(errors)
+        assert all(p.exists() for p in ckpts)
+    finally:
+        os.close(fd)
+    assert execute(plan_gc(work, checkpoints=True, min_age_s=0)) == []
+    assert not any(p.exists() for p in ckpts) and (new / "best.pt").exists()
+    assert (stopped / "checkpoint.pt").exists()
+    row = next(r for r in list_runs(work) if r["run"] == new.name)
+    now_on_disk = sum(p.stat().st_size for p in new.rglob("*") if p.is_file())
+    assert row["size_bytes"] == now_on_disk <= on_disk - rows[new.name]["resume_checkpoint_bytes"] + 100   # + .lock's line
+    assert row["state"] == "finished" and row["resume_checkpoint_bytes"] == 0
+
+
+def test_gc_says_why_each_folder_is_kept_and_keeps_what_a_live_build_wrote(copy_work, built):
+    work, new = copy_work, built[3].name
+    old_labels = label_dir(built[2]).relative_to(built[0])
+    for p in work.rglob("*"):
+        os.utime(p, (1e9, 1e9), follow_symlinks=False)                   # every cache old
+    young = plan_gc(work, runs=[new], min_age_s=3600, now=1e9 + 60)
+    assert young.delete == [] and young.busy
+    assert all(b["reason"].startswith("recent: ") and "younger than --min-age 1h" in b["reason"]
+               for b in young.busy), young.busy
+    build = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])   # a `luigi` build
+    marker = work / "logs" / f"building-{socket.gethostname()}-{build.pid}"     # pipeline/builds.py
+    try:
+        marker.parent.mkdir(exist_ok=True)
+        marker.write_text("")
+        fresh = work / old_labels / "s32" / "fresh.h5"                   # what it wrote since it started
+        fresh.write_bytes(b"x")
+        plan = plan_gc(work, runs=[new], min_age_s=0)
+        [kept] = plan.busy
+        assert kept["path"] == f"{old_labels}/" and kept["reason"].startswith(
+            f"being built: s32/fresh.h5 written since the live build {socket.gethostname()}:{build.pid} started ")
+        assert kept["reason"].endswith(f"(logs/{marker.name})")
+        assert not any(i.path.startswith(str(old_labels)) for i in plan.delete)
+        assert plan.delete                                                 # older caches go
+        out = cli("gc", "--work-dir", work, "--run", new, "--dry-run", "--min-age", "0")
+        assert f"kept: {old_labels}/  (being built: s32/fresh.h5 written since the live build" in out.stdout
+        assert "in use" not in out.stdout
+    finally:
+        build.kill()
+        build.wait()
+    after = plan_gc(work, runs=[new], min_age_s=0)                       # the build has ended
+    assert f"{old_labels}/" in [i.path for i in after.delete] and not after.busy
+
+
+def test_runs_say_when_a_run_validates_on_its_training_photos(tmp_path):
+    for name, val in (("fcn32s-c101-a", "train"), ("fcn32s-c14-b", "small")):
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps({"arch": "fcn32s", "cfg": {
+            "config": 101, "train_split": "train", "val_split": val, "max_iteration": 300}}))
+        (run / "log.csv").write_text("iteration,epoch,split,loss,acc,acc_cls,mean_iu,fwavacc,lr,elapsed_s,data_split\n"
+                                     f"50,0,valid,0.52276065,0.1,0.1,0.1,0.1,0.001,9.0,{val}\n")
+    rows = {r["run"]: r for r in list_runs(tmp_path)}
+    assert (rows["fcn32s-c101-a"]["val_split"], rows["fcn32s-c101-a"]["validates_on_train"]) == ("train", True)
+    assert rows["fcn32s-c14-b"]["validates_on_train"] is False
+    out = cli("runs", "--work-dir", tmp_path).stdout.splitlines()
+    assert "BEST VAL @ITER ON SPLIT" in out[0]
+    assert "0.5228 @50 on train=train!" in out[1] and "0.5228 @50 on small " in out[2], out

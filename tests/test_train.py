@@ -25,7 +25,7 @@ from train.fit import TrainState, evaluate, fit, is_better, train_one_epoch
 from train.loss import kl_loss
 from train.metrics import ConfusionMeter, confusion_matrix, scores
 from train.rng import rng_states, seed_everything, set_rng_states
-from train.runlog import LOG_COLUMNS, truncate_log as _truncate_log
+from train.runlog import LOG_COLUMNS, append_rows, truncate_log as _truncate_log
 from train.visual import region_average, tile_image
 
 CPU = torch.device("cpu")
@@ -322,12 +322,20 @@ def test_is_better_keeps_the_lowest_validation_loss():
 
 def test_truncate_log_drops_rows_after_checkpoint(tmp_path):
     path = tmp_path / "log.csv"
-    rows = [dict(zip(LOG_COLUMNS, [it, 0, split, 0.5, 1, 1, 1, 1, 0.1, 1.0]))
+    rows = [dict(zip(LOG_COLUMNS, [it, 0, split, 0.5, 1, 1, 1, 1, 0.1, 1.0, "tiny"]))
             for it in (5, 10, 15) for split in ("train", "valid")]
     path.write_text(",".join(LOG_COLUMNS) + "\n" + "".join(
         ",".join(str(r[c]) for c in LOG_COLUMNS) + "\n" for r in rows))
     _truncate_log(path, 10)
     assert [int(r["iteration"]) for r in _log(tmp_path)] == [5, 5, 10, 10]
+    # a log written before the data_split column keeps its header when truncated and appended to
+    old = LOG_COLUMNS[:-1]
+    path.write_text(",".join(old) + "\n" + "".join(",".join(str(r[c]) for c in old) + "\n" for r in rows))
+    _truncate_log(path, 10)
+    append_rows(path, [dict(rows[-1], iteration=20)])
+    assert path.read_text().splitlines()[0] == ",".join(old)
+    assert [(r["iteration"], None in r) for r in _log(tmp_path)] == [("5", False)] * 2 + [("10", False)] * 2 + [
+        ("20", False)]
 
 
 # ----------------------------------------------------------------------------- fit

@@ -77,7 +77,7 @@ from .loss import kl_loss
 from .metrics import ConfusionMeter
 from .rng import rng_states, seed_everything, set_rng_states
 from .runfolder import start_point
-from .runlog import append_rows, git_info, plain, truncate_log, write_config
+from .runlog import append_rows, git_info, plain, split_label, truncate_log, write_config
 from .stop import StopRequest, TrainingStopped, stop_signals, stopped_message
 from .visual import plot_curves, save_jpeg, validation_tiles
 
@@ -446,8 +446,10 @@ def _fit_locked(run_dir, inputs, device, loader_workers, log, on_step, stop_afte
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter   # slow import: only the writing rank
         writer = SummaryWriter(str(run_dir / "tb"), purge_step=(state.iteration + 1) if resume else None)
-        progress = Progress(max_iteration, "train", start=state.iteration, unit=" it/s")
+        progress = Progress(max_iteration, f"{inputs.arch} train", start=state.iteration, unit=" it/s")
     timing = {"val_s": 0.0}
+    data_split = {"train": cfg["train_split"], "valid": cfg["val_split"]}   # log.csv, console: which photos
+    val_label = split_label(cfg)
 
     def payload(it, elapsed, val):
         """best.pt's dict (checkpoint.pt adds save_resume_point's keys)."""
@@ -483,7 +485,8 @@ def _fit_locked(run_dir, inputs, device, loader_workers, log, on_step, stop_afte
         if rank != 0:
             return
         common = {"iteration": it, "epoch": state.epoch, "lr": lr, "elapsed_s": round(elapsed, 3)}
-        append_rows(log_path, [{**common, "split": split, **row} for split, row in rows.items()])
+        append_rows(log_path, [{**common, "split": split, "data_split": data_split[split], **row}
+                               for split, row in rows.items()])
         for split, row in rows.items():
             for key in SCORE_KEYS:
                 writer.add_scalar(f"{split}/{key}", row[key], it)
@@ -497,7 +500,8 @@ def _fit_locked(run_dir, inputs, device, loader_workers, log, on_step, stop_afte
             save_checkpoint(best_path, ckpt)
         save_resume_point(ckpt, rng, rng_ranks)
         v = rows["valid"]
-        progress.note(f"valid iteration {it}/{max_iteration}: loss {v['loss']:.4f}, mean IoU {v['mean_iu']:.3f}, "
+        progress.note(f"{inputs.arch} {val_label} iteration {it}/{max_iteration}: loss {v['loss']:.4f}, "
+                      f"mean IoU {v['mean_iu']:.3f}, "
                       f"pixel acc {v['acc']:.3f}" + ("  (new best)" if best else
                                                      f"  (best {state.best_loss:.4f} at {state.best_iteration})"))
         if it >= max_iteration and state.best_loss is not None:
@@ -573,11 +577,15 @@ def _fit_locked(run_dir, inputs, device, loader_workers, log, on_step, stop_afte
     if complete and rank == 0:
         write_text_atomic(run_dir / "done.json", json.dumps(plain(result), indent=2) + "\n")
         previous_path(ckpt_path).unlink(missing_ok=True)   # finished: best.pt + one resume point
-        log(f"done: {state.iteration} iterations, best val loss {state.best_loss} at iteration "
+        log(f"done: {state.iteration} iterations, best {val_label} loss {_rounded(state.best_loss)} at iteration "
             f"{state.best_iteration}" + (f", {result['images_per_s']:.1f} images/s" if done else ""))
     if world_size > 1:
         ddp.barrier()                                      # rank 0 has written everything
     return result
+
+
+def _rounded(loss) -> str:
+    return f"{loss:.4f}" if isinstance(loss, float) else str(loss)
 
 
 def _log_hparams(writer, cfg, best_loss, iteration):

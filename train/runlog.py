@@ -12,6 +12,10 @@ log.csv columns (fixed, one 'train' and one 'valid' row per validation):
   acc, acc_cls, mean_iu, fwavacc   argmax-cluster scores (train.metrics)
   lr         learning rate of the first parameter group
   elapsed_s  wall-clock seconds since the run started, summed over resumed sessions
+  data_split the split list the row's figures come from: the config's train_split for
+             'train' rows, its val_split for 'valid' rows (config 101 validates on 'train':
+             its 'valid' rows are not held-out figures).  Logs written before this column
+             keep their own header (append_rows and truncate_log follow the file's header).
 """
 import csv
 import json
@@ -22,7 +26,7 @@ from pathlib import Path
 from pipeline.atomic import write_text_atomic
 
 LOG_COLUMNS = ("iteration", "epoch", "split", "loss", "acc", "acc_cls", "mean_iu", "fwavacc",
-               "lr", "elapsed_s")
+               "lr", "elapsed_s", "data_split")
 
 
 def git_info(path=None) -> dict:
@@ -50,14 +54,24 @@ def _format(value):
     return repr(float(value)) if isinstance(value, float) else str(value)
 
 
+def _header(path) -> tuple:
+    """The columns of an existing log.csv (an older run's may lack some), else LOG_COLUMNS."""
+    try:
+        with open(path, newline="") as f:
+            return tuple(next(csv.reader(f), None) or LOG_COLUMNS)
+    except FileNotFoundError:
+        return LOG_COLUMNS
+
+
 def append_rows(path, rows):
     new = not path.exists() or path.stat().st_size == 0
+    columns = LOG_COLUMNS if new else _header(path)
     with open(path, "a", newline="") as f:
         w = csv.writer(f)
         if new:
-            w.writerow(LOG_COLUMNS)
+            w.writerow(columns)
         for row in rows:
-            w.writerow([_format(row[c]) for c in LOG_COLUMNS])
+            w.writerow([_format(row.get(c, "")) for c in columns])
         f.flush()
         os.fsync(f.fileno())
 
@@ -70,10 +84,19 @@ def truncate_log(path, iteration):
         rows = list(csv.DictReader(f))
     kept = [r for r in rows if int(r["iteration"]) <= iteration]
     if len(kept) != len(rows):
-        lines = [",".join(LOG_COLUMNS)] + [",".join(r[c] for c in LOG_COLUMNS) for r in kept]
+        columns = _header(path)
+        lines = [",".join(columns)] + [",".join(r.get(c) or "" for c in columns) for r in kept]
         write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def write_config(run_dir, record: dict) -> None:
     """config.json: the resolved config, architecture, data sizes, git revision, device."""
     write_text_atomic(Path(run_dir) / "config.json", json.dumps(plain(record), indent=2) + "\n")
+
+
+def split_label(cfg: dict) -> str:
+    """What a run's validation figures are measured on, for every place that shows them:
+    "val on 'small'", or "val on 'train' (the training photos)" when the config validates on
+    its training split (config 101, the demo: not held-out figures)."""
+    val, train = cfg.get("val_split", "?"), cfg.get("train_split", "?")
+    return f"val on '{val}'" + (" (the training photos)" if val == train else "")
