@@ -78,21 +78,30 @@ def read_image(path) -> Image.Image:
         check_image_file(path)                       # missing, not a file, empty (0 bytes)
     except SkipImage as e:
         raise InputError(e.detail) from None
+    with open(path, "rb") as fh:
+        return decode_image(fh)
+
+
+def decode_image(fh, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """An open binary file (or BytesIO) -> a decoded PIL image of its own mode, EXIF orientation
+    applied; InputError (one line) for anything that is not a whole image of at most max_pixels
+    (checked from the header, before any pixel is decoded)."""
     try:
-        with open(path, "rb") as fh:
-            im = Image.open(fh)
-            if im.size[0] * im.size[1] > DEFAULT_MAX_PIXELS:
-                raise InputError(f"{im.size[0]} x {im.size[1]} pixels exceeds the limit of {DEFAULT_MAX_PIXELS}")
-            im.load()
-            try:
-                im = ImageOps.exif_transpose(im)
-            except Exception:                        # corrupt EXIF: keep the stored orientation
-                pass
-            return im
+        im = Image.open(fh)
+        if im.size[0] * im.size[1] > max_pixels:
+            raise InputError(f"{im.size[0]} x {im.size[1]} pixels exceeds the limit of {max_pixels}")
+        im.load()
+        try:
+            im = ImageOps.exif_transpose(im)
+        except Exception:                            # corrupt EXIF: keep the stored orientation
+            pass
+        return im
     except InputError:
         raise
     except Image.UnidentifiedImageError:
         raise InputError("not a recognised image file") from None
+    except Image.DecompressionBombError as e:         # over PIL's own limit, checked in open() too
+        raise InputError(f"image size exceeds the limit of {max_pixels} pixels ({one_line(e)})") from None
     except Exception as e:                            # decode errors of every kind
         raise InputError(f"cannot decode: {one_line(e)}") from None
 
