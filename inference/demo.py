@@ -31,5 +31,6 @@ def demo_summary(runs, eval_dir, coloured) -> str:
               f"Report:     {Path(eval_dir) / 'report.html'}",
               f"Colorized:  {coloured}",
               f"Colorize your photos:  .venv/bin/colorize-fcn colorize --model {final} YOUR_PHOTOS/ --out colorized/",
+              f"Look at it on a page:  .venv/bin/colorize-fcn serve --model {final}   (then open http://127.0.0.1:8000/)",
               f"Curves:     .venv/bin/tensorboard --logdir {final.parent}"]
     return "\n".join(lines)

@@ -435,3 +435,18 @@ def test_the_page_in_headless_chromium(server, tmp_path):
         assert after[:2] == [96, 64] and after[2] != before[2]          # the output image changed
         shot = browser.screenshot(tmp_path / "serve-page.png")
     assert Image.open(shot).size[0] >= 800
+
+
+def test_the_demo_ends_with_the_serve_command(tmp_path):
+    from inference.cli import build_parser
+    from inference.demo import demo_summary
+    run = tmp_path / "runs" / "fcn16s-c101-abc"
+    (run / "eval-x").mkdir(parents=True)
+    (run / "done.json").write_text(json.dumps({"best_val_loss": 0.5, "best_iteration": 3}))
+    (run / "eval-x" / "metrics.json").write_text(json.dumps(
+        {"methods": {"model/annealed": {"auc": 80.0, "mean_iou": 0.1}, "gray": {"auc": 70.0}}}))
+    lines = [line for line in demo_summary([run], run / "eval-x", "c.png").splitlines() if " serve " in line]
+    assert len(lines) == 1 and "http://127.0.0.1:8000/" in lines[0], lines
+    argv = lines[0].split(".venv/bin/colorize-fcn ")[1].split("   (")[0].split()
+    args = build_parser().parse_args(argv)
+    assert args.command == "serve" and args.model == [str(run)] and args.port == 8000
