@@ -133,7 +133,9 @@ def _json(obj, status=200) -> Response:
 
 # ----------------------------------------------------------------------------- the server
 class _QuietHandler(WSGIRequestHandler):
-    """No access log: the terminal shows the start line, refusals of bugs and the stop line."""
+    """No access log: the terminal shows the start line, internal errors and the stop line.
+    A connection silent for `timeout` seconds is dropped (it would hold a thread forever)."""
+    timeout = 60
 
     def log_request(self, code="-", size="-"):
         pass

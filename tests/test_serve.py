@@ -261,6 +261,25 @@ def test_bad_requests_are_one_line_4xx(server, tmp_path):
     assert_serving(base)
 
 
+def test_a_silent_connection_is_dropped_and_a_bug_is_a_one_line_500(server, monkeypatch, capsys):
+    import socket
+    import inference.serve_http as serve_http
+    base, store = server
+    assert serve_http._QuietHandler.timeout == 60                      # seconds; 0.5 here
+    monkeypatch.setattr(serve_http._QuietHandler, "timeout", 0.5)
+    host, port = base.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"GET /api/info HTT")                            # and then nothing
+        assert sock.recv(100) == b""                                  # closed by the server, not hanging
+    monkeypatch.setattr(store, "gray_png", lambda image_id: 1 / 0)
+    got = request(base, "GET", "/api/images/0123456789abcdef/gray.png")
+    assert got[0] == 500 and error_of(*got) == "internal error: ZeroDivisionError: division by zero"
+    err = capsys.readouterr().err
+    assert err == "colorize-fcn: serve: GET /api/images/0123456789abcdef/gray.png: internal error: " \
+                  "ZeroDivisionError: division by zero\n", err
+    assert_serving(base)
+
+
 _OPENED = []          # files opened by server threads while recording (an audit hook cannot be removed)
 _RECORDING = threading.Event()
 
