@@ -17,7 +17,6 @@ import json
 import signal
 import socket
 import sys
-import threading
 from pathlib import Path
 
 from werkzeug.exceptions import HTTPException
@@ -161,17 +160,20 @@ def start_server(app, host="127.0.0.1", port=0):
 
 
 def serve_until_stopped(server, on_stop=None) -> None:
-    """Serve until Ctrl-C or SIGTERM (in the main thread), then close the socket."""
+    """Serve until Ctrl-C or SIGTERM, then close the socket.  Call it from the main thread of a
+    process that leaves afterwards: the first signal stops the server and later ones are
+    ignored, so that a second Ctrl-C cannot interrupt the exit with a traceback."""
     def stop(signum, frame):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
         raise KeyboardInterrupt
-    previous = signal.signal(signal.SIGTERM, stop) if threading.current_thread() is threading.main_thread() else None
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
     try:
         server.serve_forever(poll_interval=0.2)        # Werkzeug's: returns on KeyboardInterrupt
     except KeyboardInterrupt:
         pass
     finally:
         server.server_close()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
         if on_stop:
             on_stop()

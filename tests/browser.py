@@ -6,6 +6,7 @@ and nothing that downloads a browser build.  `find_chromium()` is None when it i
 installed (`apt-get install chromium`).
 """
 import base64
+import fcntl
 import json
 import os
 import select
@@ -28,6 +29,13 @@ class BrowserError(Exception):
     pass
 
 
+def _above_4(fd) -> int:
+    """fd moved to a number >= 10, so that putting the pipe ends on 3 and 4 clobbers neither."""
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return high
+
+
 class Chromium:
     """One headless browser with one page; `evaluate` runs JavaScript in it."""
 
@@ -35,6 +43,7 @@ class Chromium:
         self.timeout, self._next_id, self._buf = timeout, 0, b""
         cmd_r, self._cmd_w = os.pipe()           # we write commands; the browser reads them as fd 3
         self._out_r, out_w = os.pipe()           # the browser writes fd 4; we read
+        cmd_r, out_w = (_above_4(fd) for fd in (cmd_r, out_w))
         args = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--remote-debugging-pipe", f"--user-data-dir={profile_dir}", f"--window-size={width},{height}",
@@ -111,7 +120,7 @@ class Chromium:
     def set_files(self, selector, paths):
         """Pick files in an <input type=file>, as the file dialog would (fires input and change)."""
         node = self.send("Runtime.evaluate", session=True, expression=f"document.querySelector({selector!r})")
-        self.send("DOM.setFileInputFiles", session=True, files=[str(p) for p in paths],
+        self.send("DOM.setFileInputFiles", session=True, files=[os.path.abspath(p) for p in paths],
                   objectId=node["result"]["objectId"])
 
     def click(self, x, y):

@@ -404,8 +404,10 @@ def test_ctrl_c_and_sigterm_stop_it_in_one_line(runs):
             assert url and "1 run(s)" in line, line
             assert request(f"http://{url.group(1)}", "GET", "/api/info")[0] == 200
             proc.send_signal(sig)
+            assert proc.stderr.readline() == "colorize-fcn: serve: stopped\n"
+            proc.send_signal(sig)                          # impatient: a second one while it leaves
             rest = proc.communicate(timeout=20)[1]
-            assert proc.returncode == 0 and rest == "colorize-fcn: serve: stopped\n", (sig, proc.returncode, rest)
+            assert proc.returncode == 0 and rest == "", (sig, proc.returncode, rest)
     finally:
         for proc in procs.values():
             if proc.poll() is None:
