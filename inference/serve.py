@@ -43,7 +43,7 @@ def model_checkpoints(specs) -> list:
 
 def is_loopback(host: str) -> bool:
     """Whether only this machine can reach `host` (127.0.0.0/8, ::1, localhost)."""
-    if host == "localhost":
+    if host.lower() in ("localhost", "localhost."):
         return True
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
@@ -92,7 +92,7 @@ def cmd_serve(args) -> int:
         if r.info["note"]:
             say("warning", r.info["note"])
     store = Store(runs, max_pixels=args.max_pixels, cache_bytes=args.cache_mb << 20)
-    app = App(store, args.max_upload_mb << 20)
+    app = App(store, args.max_upload_mb << 20, loopback_only=is_loopback(args.host))
     try:
         server = start_server(app, args.host, args.port)
     except OSError as e:

@@ -26,6 +26,7 @@ from werkzeug.wrappers import Request, Response
 
 from models.registry import DECODERS, DEFAULT_DECODER, DEFAULT_TEMPERATURE
 
+from .serve import is_loopback
 from .serve_store import MAX_TEMPERATURE, Run, ServeError, Store, run_info
 
 PAGE = Path(__file__).with_name("serve_page.html")
@@ -62,8 +63,9 @@ def load_runs(specs, device="auto", warn=None) -> list:
 class App:
     """The WSGI application: routes requests to the Store; refusals are JSON one-liners."""
 
-    def __init__(self, store: Store, max_upload_bytes: int):
+    def __init__(self, store: Store, max_upload_bytes: int, loopback_only: bool = True):
         self.store, self.max_upload_bytes = store, int(max_upload_bytes)
+        self.loopback_only = loopback_only     # serving on loopback: refuse other Host names
         self.page = PAGE.read_bytes()          # read once, at start: no request names a file
 
     def info(self) -> dict:
@@ -73,6 +75,9 @@ class App:
                 "limits": {"upload_bytes": self.max_upload_bytes, "pixels": self.store.max_pixels}}
 
     def dispatch(self, request: Request) -> Response:
+        if self.loopback_only and not is_loopback(host_name(request.host)):
+            # a page elsewhere whose name was made to point here (DNS rebinding) reads nothing
+            raise ServeError(403, f"Host {request.host[:100]!r} is not this machine's loopback name")
         endpoint, args = URLS.bind_to_environ(request.environ).match()
         q = request.args
         if endpoint == "page":
@@ -124,6 +129,13 @@ class App:
             response = _json({"error": msg}, 500)
         response.headers.update(SECURITY_HEADERS)
         return response(environ, start_response)
+
+
+def host_name(host: str) -> str:
+    """A Host header without its port: "127.0.0.1:8000" -> "127.0.0.1", "[::1]:80" -> "::1"."""
+    if host.startswith("["):
+        return host[1:].split("]")[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 def _json(obj, status=200) -> Response:

@@ -261,6 +261,17 @@ def test_bad_requests_are_one_line_4xx(server, tmp_path):
     assert_serving(base)
 
 
+def test_only_loopback_host_names_are_served(server):
+    # DNS rebinding: a page at evil.example whose name now points at 127.0.0.1 reads nothing
+    base, _ = server
+    port = base.rsplit(":", 1)[1]
+    for host in ("evil.example", f"evil.example:{port}", "192.168.1.5", "[2001:db8::1]:80"):
+        got = request(base, "GET", "/api/info", headers={"Host": host})
+        assert got[0] == 403 and "is not this machine's loopback name" in error_of(*got), host
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", "127.0.0.2", "[::1]:8000", "LOCALHOST"):
+        assert request(base, "GET", "/api/info", headers={"Host": host})[0] == 200, host
+
+
 def test_a_silent_connection_is_dropped_and_a_bug_is_a_one_line_500(server, monkeypatch, capsys):
     import socket
     import inference.serve_http as serve_http
@@ -454,6 +465,15 @@ def test_the_page_in_headless_chromium(server, tmp_path):
                          f"document.querySelector('.card img.colour').src !== {src!r}")
         after = browser.evaluate(_pixels_js(".card img.colour"))
         assert after[:2] == [96, 64] and after[2] != before[2]          # the output image changed
+        # the other run: the same photo, its own clusters
+        clusters = browser.evaluate(_pixels_js(".card img.clusters"))
+        src = browser.evaluate("document.querySelector('.card img.clusters').src")
+        browser.evaluate("(() => { const r = document.getElementById('run'); r.value = '1';"
+                         "r.dispatchEvent(new Event('change')); })()")
+        browser.wait_for(f"document.querySelector('.card').dataset.state === 'ready' && "
+                         f"document.querySelector('.card img.clusters').src !== {src!r}")
+        assert browser.evaluate(_pixels_js(".card img.clusters"))[2] != clusters[2]
+        assert "fcn16s-c102-bbb" in browser.evaluate("document.getElementById('run-info').innerText")
         shot = browser.screenshot(tmp_path / "serve-page.png")
     assert Image.open(shot).size[0] >= 800
 
