@@ -39,6 +39,10 @@ class InputError(Exception):
     """An input that cannot be colorized; the message is one line."""
 
 
+class TooManyPixels(InputError):
+    """An input over the pixel limit (decode_image), seen from its header."""
+
+
 def one_line(e) -> str:
     msg = str(e).strip() or type(e).__name__
     return " ".join(msg.split())
@@ -89,7 +93,7 @@ def decode_image(fh, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     try:
         im = Image.open(fh)
         if im.size[0] * im.size[1] > max_pixels:
-            raise InputError(f"{im.size[0]} x {im.size[1]} pixels exceeds the limit of {max_pixels}")
+            raise TooManyPixels(f"{im.size[0]} x {im.size[1]} pixels exceeds the limit of {max_pixels}")
         im.load()
         try:
             im = ImageOps.exif_transpose(im)
@@ -101,7 +105,7 @@ def decode_image(fh, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     except Image.UnidentifiedImageError:
         raise InputError("not a recognised image file") from None
     except Image.DecompressionBombError as e:         # over PIL's own limit, checked in open() too
-        raise InputError(f"image size exceeds the limit of {max_pixels} pixels ({one_line(e)})") from None
+        raise TooManyPixels(f"image size exceeds the limit of {max_pixels} pixels ({one_line(e)})") from None
     except Exception as e:                            # decode errors of every kind
         raise InputError(f"cannot decode: {one_line(e)}") from None
 

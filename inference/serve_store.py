@@ -26,7 +26,8 @@ from PIL import Image
 from models.decoders import DECODERS, gray_ab
 from pipeline.color import lab_planes_to_rgb, lab_to_rgb
 
-from .images import InputError, as_rgb_image, decode_image, lightness, merge_lightness, small_lightness
+from .images import (InputError, TooManyPixels, as_rgb_image, decode_image, lightness, merge_lightness,
+                     small_lightness)
 from .serve import CACHE_MB, MAX_PIXELS
 
 MAX_WAITING = 8                    # requests queued for the network beyond the one running
@@ -105,6 +106,8 @@ def cluster_palette(centres_ab) -> np.ndarray:
 
 
 class Store:
+    """The runs, the uploads (least recently used evicted past cache_bytes) and the pictures."""
+
     def __init__(self, runs, max_pixels=MAX_PIXELS, cache_bytes=CACHE_MB << 20, max_waiting=MAX_WAITING):
         self.runs = {r.id: r for r in runs}
         self.max_pixels, self.cache_bytes, self.max_waiting = int(max_pixels), int(cache_bytes), int(max_waiting)
@@ -122,8 +125,7 @@ class Store:
             im = decode_image(io.BytesIO(data), self.max_pixels)
             rgb = as_rgb_image(im)
         except InputError as e:
-            status = 413 if "exceeds" in str(e) else 400
-            raise ServeError(status, str(e)) from None
+            raise ServeError(413 if isinstance(e, TooManyPixels) else 400, str(e)) from None
         except Exception as e:                 # mode conversions of every kind
             raise ServeError(400, f"cannot decode: {' '.join(str(e).split())}") from None
         upload = Upload(secrets.token_hex(8), display_name(name), rgb, lightness(np.asarray(rgb)))
