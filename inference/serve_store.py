@@ -34,7 +34,7 @@ MAX_WAITING = 8                    # requests queued for the network beyond the 
 MAX_TEMPERATURE = 100.0            # the annealed mean's T: (0, 100]; the page's slider spans 0.01..1
 CLUSTER_L = 70.0                   # lightness at which the cluster map paints each cluster's (a, b)
 CLUSTER_MAP_SIDE = 768             # the cluster map's longer side at most (nearest neighbour)
-PNG_LEVEL = 1                      # zlib level of served PNGs: fast, ~15% larger than level 6
+PNG_LEVEL = 1                      # zlib level of served PNGs: the fastest; the page re-fetches on every change
 _ID = re.compile(r"[0-9a-f]{16}")
 
 

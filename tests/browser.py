@@ -44,8 +44,10 @@ class Chromium:
         cmd_r, self._cmd_w = os.pipe()           # we write commands; the browser reads them as fd 3
         self._out_r, out_w = os.pipe()           # the browser writes fd 4; we read
         cmd_r, out_w = (_above_4(fd) for fd in (cmd_r, out_w))
-        args = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        # --no-sandbox: CI runs as root; --disable-dev-shm-usage: containers have a small /dev/shm
+        args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                "--disable-extensions", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync",
                 "--remote-debugging-pipe", f"--user-data-dir={profile_dir}", f"--window-size={width},{height}",
                 "about:blank"]
         # bash puts the pipe ends on fds 3 and 4 (Popen cannot name a child's fd numbers itself)
