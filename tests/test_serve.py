@@ -476,6 +476,14 @@ def test_the_page_in_headless_chromium(server, tmp_path):
                          f"document.querySelector('.card img.clusters').src !== {src!r}")
         assert browser.evaluate(_pixels_js(".card img.clusters"))[2] != clusters[2]
         assert "fcn16s-c102-bbb" in browser.evaluate("document.getElementById('run-info').innerText")
+        # a bad upload: one line on the page, the rest stays
+        broken = tmp_path / "broken.png"
+        broken.write_bytes(b"not a PNG at all")
+        browser.set_files("#files", [broken])
+        assert browser.wait_for("document.querySelector('#messages li') && "
+                                "document.querySelector('#messages li').textContent") == \
+            "broken.png: not a recognised image file"
+        assert browser.evaluate("document.querySelectorAll('.card').length") == 1
         shot = browser.screenshot(tmp_path / "serve-page.png")
     assert Image.open(shot).size[0] >= 800
 
