@@ -82,8 +82,11 @@ def read_image(path) -> Image.Image:
         check_image_file(path)                       # missing, not a file, empty (0 bytes)
     except SkipImage as e:
         raise InputError(e.detail) from None
-    with open(path, "rb") as fh:
-        return decode_image(fh)
+    try:
+        with open(path, "rb") as fh:
+            return decode_image(fh)
+    except OSError as e:                             # gone or unreadable since the check
+        raise InputError(f"cannot decode: {one_line(e)}") from None
 
 
 def decode_image(fh, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:

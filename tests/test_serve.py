@@ -501,3 +501,11 @@ def test_the_demo_ends_with_the_serve_command(tmp_path):
     argv = lines[0].split(".venv/bin/colorize-fcn ")[1].split("   (")[0].split()
     args = build_parser().parse_args(argv)
     assert args.command == "serve" and args.model == [str(run)] and args.port == 8000
+
+
+def test_read_image_still_names_a_file_gone_since_its_check(tmp_path, monkeypatch):
+    # read_image now decodes through decode_image (shared with uploads); opening stays an InputError
+    import inference.images as images
+    monkeypatch.setattr(images, "check_image_file", lambda path: None)     # as if it went after the check
+    with pytest.raises(images.InputError, match=r"cannot decode: \[Errno 2\]"):
+        images.read_image(tmp_path / "gone.png")
