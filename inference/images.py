@@ -86,7 +86,7 @@ def read_image(path) -> Image.Image:
         with open(path, "rb") as fh:
             return decode_image(fh)
     except OSError as e:                             # gone or unreadable since the check
-        raise InputError(f"cannot decode: {one_line(e)}") from None
+        raise InputError(f"cannot open: {e.strerror or one_line(e)}") from None
 
 
 def decode_image(fh, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
