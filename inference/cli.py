@@ -36,7 +36,7 @@ from models.device import DEVICE_NAMES, check_device                        # no
 from models.registry import DECODERS, DEFAULT_DECODER, DEFAULT_TEMPERATURE
 from train.stop import EXIT_STOPPED, sigterm_interrupts
 
-from . import caches, runs
+from . import caches, runs, serve
 
 PROG = "colorize-fcn"
 _MAX_LISTED = 20               # existing outputs named one per line before "... and N more"
@@ -269,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_colorize(sub)
     runs.add_parser(sub)
     caches.add_parser(sub)
+    serve.add_parser(sub, _int_in, _device)
     return parser
 
 

@@ -39,6 +39,10 @@ class InputError(Exception):
     """An input that cannot be colorized; the message is one line."""
 
 
+class TooManyPixels(InputError):
+    """An input over the pixel limit (decode_image), seen from its header."""
+
+
 def one_line(e) -> str:
     msg = str(e).strip() or type(e).__name__
     return " ".join(msg.split())
@@ -80,21 +84,33 @@ def read_image(path) -> Image.Image:
         raise InputError(e.detail) from None
     try:
         with open_regular(path) as fh:               # a FIFO swapped in since the check is never waited on
-            im = Image.open(fh)
-            if im.size[0] * im.size[1] > DEFAULT_MAX_PIXELS:
-                raise InputError(f"{im.size[0]} x {im.size[1]} pixels exceeds the limit of {DEFAULT_MAX_PIXELS}")
-            im.load()
-            try:
-                im = ImageOps.exif_transpose(im)
-            except Exception:                        # corrupt EXIF: keep the stored orientation
-                pass
-            return im
-    except InputError:
-        raise
+            return decode_image(fh)
     except NotRegular as e:
         raise InputError(e.detail) from None
+    except OSError as e:                             # gone or unreadable since the check
+        raise InputError(f"cannot open: {e.strerror or one_line(e)}") from None
+
+
+def decode_image(fh, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """An open binary file (or BytesIO) -> a decoded PIL image of its own mode, EXIF orientation
+    applied; InputError (one line) for anything that is not a whole image of at most max_pixels
+    (checked from the header, before any pixel is decoded)."""
+    try:
+        im = Image.open(fh)
+        if im.size[0] * im.size[1] > max_pixels:
+            raise TooManyPixels(f"{im.size[0]} x {im.size[1]} pixels exceeds the limit of {max_pixels}")
+        im.load()
+        try:
+            im = ImageOps.exif_transpose(im)
+        except Exception:                            # corrupt EXIF: keep the stored orientation
+            pass
+        return im
+    except InputError:
+        raise
     except Image.UnidentifiedImageError:
         raise InputError("not a recognised image file") from None
+    except Image.DecompressionBombError as e:         # over PIL's own limit, checked in open() too
+        raise TooManyPixels(f"image size exceeds the limit of {max_pixels} pixels ({one_line(e)})") from None
     except Exception as e:                            # decode errors of every kind
         raise InputError(f"cannot decode: {one_line(e)}") from None
 
