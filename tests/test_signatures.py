@@ -36,7 +36,7 @@ OTHER = {"split": "tiny", "arch": "fcn8s", "temperature": 0.5, "gallery": 2, "co
 # other values for string config keys, the first one the schema accepts (split names first:
 # any name passes the schema, but only these splits exist in the dataset)
 STRINGS = ("tiny", "val", "adam", "sgd", "soft", "uniform", "mean_k", "sum_k", "val_loss", "mean_iou", "one",
-           "fp32", "bf16", "on", "off", "auto")
+           "fp32", "bf16")
 
 
 def other_value(key, value):
