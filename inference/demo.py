@@ -115,7 +115,7 @@ def demo_summary(runs, eval_dir, coloured, eval_split="val") -> str:
               f"mean IoU {methods['model/annealed']['mean_iou']:.3f}",
               "  A 9-photo CPU demo gives muted colours; config 14 on a real dataset and a GPU is what "
               "the method is for (README 'Experiment configs').",
-              f"Look at it on a page:  .venv/bin/colorize-fcn serve --model {final}   (then open http://127.0.0.1:8000/)",
+              f"Look at it on a page:  colorize-fcn serve --model {final}   (then open http://127.0.0.1:8000/)",
               f"Report:     {Path(eval_dir) / 'report.html'}",
               f"Colorized:  {coloured}",
               f"Colorize your photos:  colorize-fcn colorize --model {final} YOUR_PHOTOS/ --out colorized/",

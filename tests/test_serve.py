@@ -494,11 +494,12 @@ def test_the_demo_ends_with_the_serve_command(tmp_path):
     run = tmp_path / "runs" / "fcn16s-c101-abc"
     (run / "eval-x").mkdir(parents=True)
     (run / "done.json").write_text(json.dumps({"best_val_loss": 0.5, "best_iteration": 3}))
+    (run / "inputs.json").write_text(json.dumps({"cfg": {"val_split": "train"}}))
     (run / "eval-x" / "metrics.json").write_text(json.dumps(
-        {"methods": {"model/annealed": {"auc": 80.0, "mean_iou": 0.1}, "gray": {"auc": 70.0}}}))
+        {"n_images": 2, "methods": {"model/annealed": {"auc": 80.0, "mean_iou": 0.1}, "gray": {"auc": 70.0}}}))
     lines = [line for line in demo_summary([run], run / "eval-x", "c.png").splitlines() if " serve " in line]
     assert len(lines) == 1 and "http://127.0.0.1:8000/" in lines[0], lines
-    argv = lines[0].split(".venv/bin/colorize-fcn ")[1].split("   (")[0].split()
+    argv = lines[0].split("colorize-fcn ")[1].split("   (")[0].split()
     args = build_parser().parse_args(argv)
     assert args.command == "serve" and args.model == [str(run)] and args.port == 8000
 

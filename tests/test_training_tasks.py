@@ -45,7 +45,7 @@ def test_train_fcn16s_runs_the_whole_pipeline_and_writes_every_run_file(work, ph
         assert done["best_val_loss"] == pytest.approx(min(valid)[0])
     # FCN-16s started from the FCN-32s's best.pt
     config16 = json.loads((t16.run_dir() / "config.json").read_text())
-    assert config16["init_checkpoint"] == str(t16.init_task().run_dir() / "best.pt")
+    assert config16["init_checkpoint"] == f"../{t16.init_task().run_dir().name}/best.pt"   # relative: movable
     ckpt = torch.load(t16.run_dir() / "best.pt", weights_only=True)
     assert ckpt["settings"]["arch"] == "fcn16s" and ckpt["settings"]["im_size"] == resolve_config(CFG)["im_size"]
     ran.clear()
