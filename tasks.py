@@ -63,7 +63,7 @@ class LabParams(Stage):
 class LabShard(ShardBatch, LabParams):
     """Reads each shard's source images; writes lab/s<size>/<shard sig>.h5 per shard
     (L, ab, paths, sizes, fingerprints; skipped files with reasons in attrs)."""
-    version = 4              # 4: JPEG draft down to 2x the target only, crop centred on the exact extent
+    version = 5              # 5: compact layout (uint8 L, int8 a/b at half resolution: shards.LAB_LAYOUT)
 
     def shard_folder(self) -> str:
         return "lab"

@@ -6,8 +6,9 @@ read), compressed as the writer chooses (COMPRESSION: label shards lzf, Lab shar
 flipped byte is an error on read, never silently wrong data).  Metadata lives in
 attributes, dicts/lists stored as JSON strings.
 
-Lab shard:    L (N, S, S) lightness 0..100 and ab (N, 2, S, S), both int16 fixed point
-              (see LAB_SCALE, encode_lab, decode_lab);
+Lab shard:    L (N, S, S) uint8 lightness and ab (N, 2, C, C) int8 a/b at half resolution,
+              C = ceil(S / 2) (the 4:2:0 chroma of a JPEG; see LAB_LAYOUT, encode_lab,
+              decode_L, decode_ab);
               paths (N,) str relative to the dataset root; sizes (N, 2) int32
               original (width, height); fingerprints (N,) str.
 Label shard:  posteriors (N, K, s, s) float16, s = S // lowpass; paths (N,).
@@ -22,11 +23,18 @@ from .atomic import atomic_path
 
 _STR = h5py.string_dtype("utf-8")
 
-#: Lab shards hold L, a and b as int16 fixed point, value = round(Lab * LAB_SCALE): steps of
-#: 1/256, 16x finer than float16 at L = 100 in the same 2 bytes, and numpy converts int16 <->
-#: float32 with SIMD code, ~20x faster than its scalar float16 casts (0.005 vs 0.12 ms per
-#: 256x256 plane here).  sRGB colours have |a|, |b| < 110, so nothing is clipped.
-LAB_SCALE = 256
+#: Lab shards store what the source photo holds, no more (98,304 bytes per 256 px image,
+#: a quarter of the int16 planes they replaced; docs/scaling.md has the measured cost):
+#:   L   uint8, round(L * L_SCALE): steps of 100/255 = 0.39 (8 bits, as the JPEG's luma);
+#:   ab  int8, round(mean of a and of b over CHROMA_BLOCK x CHROMA_BLOCK pixel blocks): the
+#:       4:2:0 chroma a JPEG stores, in steps of 1 (sRGB colours have |a|, |b| < 110).
+#: The label stage low-passes the block means directly (a mean of block means is the mean of
+#: the pixels: exact for even low-pass factors); images, the GMM sample and evaluation use the
+#: planes upsampled bilinearly (decode_ab).
+L_SCALE = 255 / 100
+CHROMA_BLOCK = 2
+#: Written to every Lab shard's attrs; readers check the arrays' dtypes (decode_L, decode_ab).
+LAB_LAYOUT = "L uint8 x2.55, ab int8 2x2 block means"
 
 #: write_shard's compression choices -> h5py filter settings.  Shuffle helps the LZ
 #: compressors on multi-byte values; szip (libaec) does its own nearest-neighbour prediction.
@@ -36,27 +44,67 @@ COMPRESSION = {None: {}, "none": {},
                "szip": {"compression": "szip", "compression_opts": ("nn", 16)}}
 
 
-def encode_lab(x) -> np.ndarray:
-    """Float Lab values -> int16 fixed point (rounded; clipped to the int16 range).
-    build_lab_shard gets the same values straight from color.lab_planes(scale=LAB_SCALE)."""
-    q = np.multiply(x, LAB_SCALE, dtype=np.float32)
-    np.rint(q, out=q)
-    np.clip(q, -32768, 32767, out=q)
-    return q.astype(np.int16)
+def chroma_size(size: int) -> int:
+    """Side of the stored a/b planes of a size x size image."""
+    return -(-size // CHROMA_BLOCK)
 
 
-def fixed_point(q) -> np.ndarray:
-    """A Lab array read from a shard, checked to be int16 fixed point (value * LAB_SCALE)."""
+def encode_lab(L, ab):
+    """Float L (..., S, S) and ab (..., 2, S, S) -> the Lab shard's (uint8 L, int8 ab at
+    (..., 2, C, C)).  build_lab_shard gets the same values straight from
+    color.lab_planes(L_scale=L_SCALE, chroma_block=CHROMA_BLOCK); this is for other writers."""
+    L = np.clip(np.rint(np.multiply(L, L_SCALE, dtype=np.float32)), 0, 255).astype(np.uint8)
+    ab = np.asarray(ab, np.float32)
+    *lead, h, w = ab.shape
+    pad = [(0, 0)] * len(lead) + [(0, -h % CHROMA_BLOCK), (0, -w % CHROMA_BLOCK)]
+    ab = np.pad(ab, pad, mode="edge") if any(p for _, p in pad) else ab
+    c = CHROMA_BLOCK
+    means = ab.reshape(*lead, ab.shape[-2] // c, c, ab.shape[-1] // c, c).mean((-3, -1))
+    return L, np.clip(np.rint(means), -128, 127).astype(np.int8)
+
+
+def _checked(q, dtype, name):
     q = np.asarray(q)
-    if q.dtype != np.int16:
-        raise ShardError(f"Lab arrays must be int16 fixed point, got {q.dtype} "
+    if q.dtype != dtype:
+        raise ShardError(f"Lab shard array {name} must be {np.dtype(dtype)}, got {q.dtype} "
                          "(a shard from an older version? delete it and rerun)")
     return q
 
 
-def decode_lab(q) -> np.ndarray:
-    """int16 fixed point read from a Lab shard -> float32 Lab values."""
-    return np.multiply(fixed_point(q), np.float32(1 / LAB_SCALE), dtype=np.float32)
+def decode_L(q) -> np.ndarray:
+    """uint8 L read from a Lab shard -> float32 lightness in [0, 100]."""
+    return np.multiply(_checked(q, np.uint8, "L"), np.float32(1 / L_SCALE), dtype=np.float32)
+
+
+def chroma_blocks(q) -> np.ndarray:
+    """int8 ab read from a Lab shard, checked (the block means, for labels.lowpass_ab)."""
+    return _checked(q, np.int8, "ab")
+
+
+def decode_ab(q, size: int) -> np.ndarray:
+    """int8 ab (..., 2, C, C) read from a Lab shard -> float32 (..., 2, size, size): the block
+    means upsampled bilinearly (centred, as a JPEG decoder's fancy upsampling: each output
+    pixel is 3/4 its own block mean + 1/4 its vertical and horizontal neighbours', edges
+    repeated), which lands closer to the full-resolution planes than repeating each mean."""
+    q = chroma_blocks(q).astype(np.float32)
+    if q.shape[-1] != chroma_size(size) or q.shape[-2] != chroma_size(size):
+        raise ShardError(f"a/b planes {q.shape[-2:]} do not belong to {size} px images")
+    for axis in (-2, -1):
+        q = _upsample2(q, axis)
+    return np.ascontiguousarray(q[..., :size, :size])
+
+
+def _upsample2(x, axis):
+    """Twice as many samples along `axis`: 3/4 * own + 1/4 * the neighbour on that side."""
+    x = np.moveaxis(x, axis, -1)
+    quarter = x * np.float32(0.25)
+    out = np.empty(x.shape[:-1] + (2 * x.shape[-1],), np.float32)
+    out[..., 0::2] = out[..., 1::2] = x - quarter                  # 3/4 own
+    out[..., 2::2] += quarter[..., :-1]                            # left neighbour
+    out[..., 0] += quarter[..., 0]
+    out[..., 1:-1:2] += quarter[..., 1:]                           # right neighbour
+    out[..., -1] += quarter[..., -1]
+    return np.moveaxis(out, -1, axis)
 
 
 class ShardError(RuntimeError):

@@ -55,8 +55,8 @@ def build_data(folder):
     def shard(name, rows):
         paths = [f"{PHOTOS[i]}.png" for i in rows]
         lab_path, label_path = folder / f"lab-{name}.h5", folder / f"label-{name}.h5"
-        write_shard(lab_path, {"L": encode_lab(lab[rows, ..., 0]),
-                               "ab": encode_lab(ab[rows]), "paths": paths}, {"im_size": SIZE})
+        L_q, ab_q = encode_lab(lab[rows, ..., 0], ab[rows])
+        write_shard(lab_path, {"L": L_q, "ab": ab_q, "paths": paths}, {"im_size": SIZE})
         write_shard(label_path, {"posteriors": post[rows].astype(np.float16), "paths": paths}, {})
         return str(lab_path), str(label_path)
     return {"train": [shard("t0", [0, 1, 2, 3]), shard("t1", [4, 5, 6, 7]), shard("t2", [1, 3, 5, 7])],

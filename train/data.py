@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pipeline.shards import ShardError, decode_lab
+from pipeline.shards import ShardError, decode_ab, decode_L
 
 #: Shards a shuffled epoch reads from at a time (EpochSampler, shard_local_order).  Larger mixes
 #: each stretch of samples over more shards, at the cost of more open files per process.
@@ -158,7 +158,7 @@ class ShardDataset(Dataset):
         index = int(index)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")
-        x = torch.from_numpy(decode_lab(self._read(0, "L", index))).unsqueeze(0)
+        x = torch.from_numpy(decode_L(self._read(0, "L", index))).unsqueeze(0)
         # torch casts float16 with SIMD code; numpy's astype is scalar (~4x slower here)
         target = torch.from_numpy(self._read(1, "posteriors", index)).float()
         if self.flip:
@@ -169,10 +169,11 @@ class ShardDataset(Dataset):
 
     def get_visual(self, index) -> dict:
         """Unflipped raw arrays of image `index` for visualisation:
-        L (S, S), ab (2, S, S), posteriors (K, s, s) as float32, and its path."""
+        L (S, S), ab (2, S, S) (upsampled from the shard's half-resolution chroma),
+        posteriors (K, s, s) as float32, and its path."""
         path = self._read(0, "paths", index)
-        return {"L": decode_lab(self._read(0, "L", index)),
-                "ab": decode_lab(self._read(0, "ab", index)),
+        return {"L": decode_L(self._read(0, "L", index)),
+                "ab": decode_ab(self._read(0, "ab", index), self.image_size),
                 "posteriors": self._read(1, "posteriors", index).astype(np.float32),
                 "path": path.decode() if isinstance(path, bytes) else str(path)}
 
