@@ -58,9 +58,9 @@ POOL = 16  # distinct random images the shards are filled from
 
 
 def image_pool(im_size, k, lowpass, rng):
-    """POOL random images: int16 L (P, S, S); float16 posteriors (P, K, s, s)."""
+    """POOL random images: uint8 L (P, S, S), as in Lab shards; float16 posteriors (P, K, s, s)."""
     s = im_size // lowpass
-    L = encode_lab(rng.uniform(0, 100, (POOL, im_size, im_size)))
+    L, _ = encode_lab(rng.uniform(0, 100, (POOL, im_size, im_size)))
     post = rng.dirichlet(np.full(k, 0.3), (POOL, s, s)).transpose(0, 3, 1, 2).astype(np.float16)
     return L, post
 

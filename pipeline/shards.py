@@ -1,14 +1,13 @@
 """HDF5 shard I/O.
 
 Every array is chunked one image per chunk (so a loader reads one image with one
-read), compressed as the writer chooses (COMPRESSION: label shards lzf, Lab shards
-[colorize] lab_compression, none by default), and checksummed (fletcher32: a
+read), compressed as the writer chooses (COMPRESSION: label shards lzf, the Lab shards' a/b
+[colorize] lab_compression, szip by default), and checksummed (fletcher32: a
 flipped byte is an error on read, never silently wrong data).  Metadata lives in
 attributes, dicts/lists stored as JSON strings.
 
-Lab shard:    L (N, S, S) uint8 lightness and ab (N, 2, C, C) int8 a/b at half resolution,
-              C = ceil(S / 2) (the 4:2:0 chroma of a JPEG; see LAB_LAYOUT, encode_lab,
-              decode_L, decode_ab);
+Lab shard:    L (N, S, S) uint8 lightness and ab (N, 2, S, S) int8 a/b (see LAB_LAYOUT,
+              encode_lab, decode_L, decode_ab);
               paths (N,) str relative to the dataset root; sizes (N, 2) int32
               original (width, height); fingerprints (N,) str.
 Label shard:  posteriors (N, K, s, s) float16, s = S // lowpass; paths (N,).
@@ -23,44 +22,36 @@ from .atomic import atomic_path
 
 _STR = h5py.string_dtype("utf-8")
 
-#: Lab shards store what the source photo holds, no more (98,304 bytes per 256 px image,
-#: a quarter of the int16 planes they replaced; docs/scaling.md has the measured cost):
+#: Lab shards store what the photo holds at the network's size, no more (LabShard version 5;
+#: the int16 planes before held Lab x 256):
 #:   L   uint8, round(L * L_SCALE): steps of 100/255 = 0.39 (8 bits, as the JPEG's luma);
-#:   ab  int8, round(mean of a and of b over CHROMA_BLOCK x CHROMA_BLOCK pixel blocks): the
-#:       4:2:0 chroma a JPEG stores, in steps of 1 (sRGB colours have |a|, |b| < 110).
-#: The label stage low-passes the block means directly (a mean of block means is the mean of
-#: the pixels: exact for even low-pass factors); images, the GMM sample and evaluation use the
-#: planes upsampled bilinearly (decode_ab).
+#:   ab  int8, round(a) and round(b): steps of 1; sRGB colours have |a|, |b| < 110.
+#: 196,608 bytes per 256 px image as arrays.  The a/b planes are szip-compressed by default
+#: ([colorize] lab_compression: ~55-70 KB of their 131 KB); L stays raw, as the loader reads
+#: it for every sample.  Full resolution, because 4:2:0 chroma (a/b as 2 x 2 block means)
+#: made the truth smoother and moved Evaluate's gray / oracle PSNR by +0.15 to +1.1 dB
+#: (bench/lab_format.py measures this layout against the int16 planes; docs/scaling.md).
 L_SCALE = 255 / 100
-CHROMA_BLOCK = 2
 #: Written to every Lab shard's attrs; readers check the arrays' dtypes (decode_L, decode_ab).
-LAB_LAYOUT = "L uint8 x2.55, ab int8 2x2 block means"
+LAB_LAYOUT = "L uint8 x2.55, ab int8"
+#: The a/b planes' compression unless [colorize] lab_compression says otherwise.
+LAB_COMPRESSION = "szip"
 
 #: write_shard's compression choices -> h5py filter settings.  Shuffle helps the LZ
-#: compressors on multi-byte values; szip (libaec) does its own nearest-neighbour prediction.
+#: compressors on multi-byte values; szip (libaec) does its own nearest-neighbour prediction
+#: (blocks of 32 values: on int8 a/b ~20 % faster to write than 16, for 5 % more bytes).
 COMPRESSION = {None: {}, "none": {},
                "lzf": {"compression": "lzf", "shuffle": True},
                "gzip": {"compression": "gzip", "compression_opts": 1, "shuffle": True},
-               "szip": {"compression": "szip", "compression_opts": ("nn", 16)}}
+               "szip": {"compression": "szip", "compression_opts": ("nn", 32)}}
 
 
-def chroma_size(size: int) -> int:
-    """Side of the stored a/b planes of a size x size image."""
-    return -(-size // CHROMA_BLOCK)
-
-
-def encode_lab(L, ab):
-    """Float L (..., S, S) and ab (..., 2, S, S) -> the Lab shard's (uint8 L, int8 ab at
-    (..., 2, C, C)).  build_lab_shard gets the same values straight from
-    color.lab_planes(L_scale=L_SCALE, chroma_block=CHROMA_BLOCK); this is for other writers."""
+def encode_lab(L, ab=None):
+    """Float L (...) and ab (..., 2, ...) -> the Lab shard's (uint8 L, int8 ab or None).
+    build_lab_shard gets the same values straight from color.lab_planes(L_scale=L_SCALE);
+    this is for other writers (tests, benches)."""
     L = np.clip(np.rint(np.multiply(L, L_SCALE, dtype=np.float32)), 0, 255).astype(np.uint8)
-    ab = np.asarray(ab, np.float32)
-    *lead, h, w = ab.shape
-    pad = [(0, 0)] * len(lead) + [(0, -h % CHROMA_BLOCK), (0, -w % CHROMA_BLOCK)]
-    ab = np.pad(ab, pad, mode="edge") if any(p for _, p in pad) else ab
-    c = CHROMA_BLOCK
-    means = ab.reshape(*lead, ab.shape[-2] // c, c, ab.shape[-1] // c, c).mean((-3, -1))
-    return L, np.clip(np.rint(means), -128, 127).astype(np.int8)
+    return L, None if ab is None else np.clip(np.rint(np.asarray(ab, np.float32)), -128, 127).astype(np.int8)
 
 
 def _checked(q, dtype, name):
@@ -76,35 +67,14 @@ def decode_L(q) -> np.ndarray:
     return np.multiply(_checked(q, np.uint8, "L"), np.float32(1 / L_SCALE), dtype=np.float32)
 
 
-def chroma_blocks(q) -> np.ndarray:
-    """int8 ab read from a Lab shard, checked (the block means, for labels.lowpass_ab)."""
+def check_ab(q) -> np.ndarray:
+    """int8 a/b read from a Lab shard, checked (the integers, for labels.lowpass_ab's exact sums)."""
     return _checked(q, np.int8, "ab")
 
 
-def decode_ab(q, size: int) -> np.ndarray:
-    """int8 ab (..., 2, C, C) read from a Lab shard -> float32 (..., 2, size, size): the block
-    means upsampled bilinearly (centred, as a JPEG decoder's fancy upsampling: each output
-    pixel is 3/4 its own block mean + 1/4 its vertical and horizontal neighbours', edges
-    repeated), which lands closer to the full-resolution planes than repeating each mean."""
-    q = chroma_blocks(q).astype(np.float32)
-    if q.shape[-1] != chroma_size(size) or q.shape[-2] != chroma_size(size):
-        raise ShardError(f"a/b planes {q.shape[-2:]} do not belong to {size} px images")
-    for axis in (-2, -1):
-        q = _upsample2(q, axis)
-    return np.ascontiguousarray(q[..., :size, :size])
-
-
-def _upsample2(x, axis):
-    """Twice as many samples along `axis`: 3/4 * own + 1/4 * the neighbour on that side."""
-    x = np.moveaxis(x, axis, -1)
-    quarter = x * np.float32(0.25)
-    out = np.empty(x.shape[:-1] + (2 * x.shape[-1],), np.float32)
-    out[..., 0::2] = out[..., 1::2] = x - quarter                  # 3/4 own
-    out[..., 2::2] += quarter[..., :-1]                            # left neighbour
-    out[..., 0] += quarter[..., 0]
-    out[..., 1:-1:2] += quarter[..., 1:]                           # right neighbour
-    out[..., -1] += quarter[..., -1]
-    return np.moveaxis(out, -1, axis)
+def decode_ab(q) -> np.ndarray:
+    """int8 a/b read from a Lab shard -> float32 a/b."""
+    return check_ab(q).astype(np.float32)
 
 
 class ShardError(RuntimeError):
@@ -175,21 +145,24 @@ _SPARE = threading.local()
 def write_shard(path, arrays: dict, attrs: dict, compression="lzf") -> None:
     """Atomically write `arrays` (first axis = image) and `attrs` to an HDF5 file.
 
-    compression: a key of COMPRESSION (None / "none" = stored as is).  The file is built
+    compression: a key of COMPRESSION (None / "none" = stored as is) for every array, or a
+    dict {array name: key} (arrays it does not name are stored as is).  The file is built
     in memory (_MemoryFile) and written with one plain file write: a full disk or a
     read-only folder is then an ordinary OSError naming `path`.  (HDF5 writing to disk
     itself, or through a file object that fails, leaves the library in a state that
     crashes the process after a failed write: tests/test_faults.py.)
     """
-    if compression not in COMPRESSION:
-        raise ValueError(f"unknown compression {compression!r}; choose one of "
-                         f"{sorted(k for k in COMPRESSION if k)}")
+    per_array = compression if isinstance(compression, dict) else dict.fromkeys(arrays, compression)
+    for choice in per_array.values():
+        if choice not in COMPRESSION:
+            raise ValueError(f"unknown compression {choice!r}; choose one of "
+                             f"{sorted(k for k in COMPRESSION if k)}")
     size = sum(v.nbytes for v in arrays.values() if isinstance(v, np.ndarray))
     image = _MemoryFile(getattr(_SPARE, "buffer", np.empty(0, np.uint8)), size + (1 << 20))
     with atomic_path(path) as tmp:
         with h5py.File(image, "w") as f:
             for name, value in arrays.items():
-                _create_dataset(f, name, value, compression)
+                _create_dataset(f, name, value, per_array.get(name))
             for key, value in attrs.items():
                 f.attrs[key] = _as_attr(value)
         _SPARE.buffer = image.buffer

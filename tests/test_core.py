@@ -11,8 +11,8 @@ from pipeline.color import ab_to_hue_chroma, hue_chroma_to_ab, lab_planes, lab_t
 from pipeline.gmm import fit_gmm, load_gmm, posteriors, save_gmm, uniform_grid
 from pipeline.labels import lowpass_ab, target_posteriors
 from pipeline.plan import group_files
-from pipeline.shards import (CHROMA_BLOCK, L_SCALE, ShardError, chroma_size, decode_ab, decode_L, encode_lab,
-                             read_array, verify_shard, write_shard)
+from pipeline.shards import (L_SCALE, ShardError, decode_ab, decode_L, encode_lab, read_array, verify_shard,
+                             write_shard)
 
 
 def test_rgb_to_lab_matches_skimage():
@@ -100,21 +100,16 @@ def test_target_posteriors_shape_and_sum():
     np.testing.assert_allclose(p.sum(0), 1, atol=1e-5)
 
 
-def test_half_resolution_chroma_gives_the_full_resolution_labels():
-    # the label stage low-passes the Lab shards' 2 x 2 block means: a mean of block means
+def test_shard_int8_ab_gives_the_float_labels():
+    # the label stage low-passes the Lab shards' int8 planes directly (exact int32 block sums)
     rng = np.random.default_rng(7)
     ab = rng.uniform(-100, 100, (3, 2, 64, 64)).astype(np.float32)
-    means = ab.reshape(3, 2, 32, 2, 32, 2).mean((3, 5))
-    _, q = encode_lab(np.zeros((3, 64, 64)), ab)                          # int8, rounded means
-    np.testing.assert_array_equal(q, np.rint(means))
-    for factor in (2, 4, 8):
-        full = lowpass_ab(ab, factor)
-        np.testing.assert_allclose(lowpass_ab(means, factor, block=2), full, atol=1e-4)
-        assert np.abs(lowpass_ab(q, factor, block=2) - full).max() <= 0.5    # the int8 rounding
-    with pytest.raises(ValueError, match="not a multiple of the chroma block"):
-        lowpass_ab(q, 3, block=2)
+    _, q = encode_lab(np.zeros((3, 64, 64)), ab)
+    assert q.dtype == np.int8 and np.abs(decode_ab(q) - ab).max() <= 0.5
+    for factor in (1, 4, 8):
+        np.testing.assert_allclose(lowpass_ab(q, factor), lowpass_ab(decode_ab(q), factor), atol=1e-4)
     g = uniform_grid(16)
-    np.testing.assert_allclose(target_posteriors(means, g, 8, block=2), target_posteriors(ab, g, 8), atol=1e-5)
+    np.testing.assert_allclose(target_posteriors(q, g, 8), target_posteriors(decode_ab(q), g, 8), atol=1e-5)
     features = rng.uniform(0, 1, (5, 7, 2))
     np.testing.assert_allclose(posteriors(features, g, k_first=True), np.moveaxis(posteriors(features, g), -1, 0))
 
@@ -163,27 +158,20 @@ def test_flipped_byte_is_detected_and_names_the_file(tmp_path):
         verify_shard(path)
 
 
-@pytest.mark.parametrize("size", [40, 33])
-def test_shard_lab_layout_matches_float_lab_and_gray_comes_back_gray(size):
-    rgb = np.random.default_rng(8).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    ref = rgb_to_lab(rgb)                                                  # (S, S, 3) float32
-    c = chroma_size(size)
-    L, ab = np.empty((size, size), np.uint8), np.empty((2, c, c), np.int8)
-    lab_planes(rgb, L, ab, L_scale=L_SCALE, chroma_block=CHROMA_BLOCK)    # as build_lab_shard
+def test_shard_lab_layout_matches_float_lab_and_gray_comes_back_gray():
+    rgb = np.random.default_rng(8).integers(0, 256, (2, 40, 40, 3), dtype=np.uint8)
+    ref = rgb_to_lab(rgb)                                                  # (2, 40, 40, 3) float32
+    L, ab = np.empty((2, 40, 40), np.uint8), np.empty((2, 2, 40, 40), np.int8)   # (a/b, image, y, x)
+    lab_planes(rgb, L, ab, L_scale=L_SCALE)                                # as build_lab_shard
     want_L, want_ab = encode_lab(ref[..., 0], np.moveaxis(ref[..., 1:], -1, 0))
     assert np.abs(L.astype(int) - want_L).max() <= 1 and (L != want_L).mean() < 1e-3   # float32 ties
-    assert np.abs(ab.astype(int) - want_ab).max() <= 1 and (ab != want_ab).mean() < 1e-2
+    assert np.abs(ab.astype(int) - want_ab).max() <= 1 and (ab != want_ab).mean() < 1e-3
     np.testing.assert_allclose(decode_L(L), ref[..., 0], atol=0.5 / L_SCALE + 1e-4)
-    full = np.pad(np.moveaxis(ref[..., 1:], -1, 0), [(0, 0), (0, 2 * c - size), (0, 2 * c - size)], mode="edge")
-    means = full.reshape(2, c, 2, c, 2).mean((2, 4))                      # odd sizes: last row/column repeated
-    assert np.abs(ab - means).max() <= 0.5 + 1e-3
-    assert decode_ab(ab, size).shape == (2, size, size)
+    np.testing.assert_allclose(decode_ab(ab), np.moveaxis(ref[..., 1:], -1, 0), atol=0.5 + 1e-3)
     with pytest.raises(ShardError, match="must be uint8, got int16 .*older version"):
         decode_L(L.astype(np.int16))
-    with pytest.raises(ShardError, match="must be int8"):
-        decode_ab(ab.astype(np.int16), size)
-    with pytest.raises(ShardError, match="do not belong to 64 px"):
-        decode_ab(ab, 64)
+    with pytest.raises(ShardError, match="must be int8, got int16"):
+        decode_ab(ab.astype(np.int16))
     L_all = decode_L(np.arange(256, dtype=np.uint8))                       # every stored lightness
     gray = lab_to_rgb(np.stack([L_all, 0 * L_all, 0 * L_all], -1))
     assert (gray[:, 0] == gray[:, 1]).all() and (gray[:, 1] == gray[:, 2]).all()
@@ -192,25 +180,14 @@ def test_shard_lab_layout_matches_float_lab_and_gray_comes_back_gray(size):
 def test_every_srgb_colour_fits_the_shard_layout():
     # uint8 L and int8 a/b hold every sRGB colour without clipping: the cube's corners and a grid
     levels = np.arange(0, 256, 15, dtype=np.uint8)                         # 0, 15, ..., 255
-    rgb = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(-1, 2, 3)   # (H, 2) image
+    rgb = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1)
     lab = rgb_to_lab(rgb)
     assert lab[..., 0].min() >= 0 and lab[..., 0].max() * L_SCALE <= 255.5
     assert np.abs(lab[..., 1:]).max() < 127.5
-    L, ab = np.empty(rgb.shape[:2], np.uint8), np.empty((2, chroma_size(len(rgb)), 1), np.int8)
-    lab_planes(rgb, L, ab, L_scale=L_SCALE, chroma_block=CHROMA_BLOCK)
+    L, ab = np.empty(rgb.shape[:-1], np.uint8), np.empty((2,) + rgb.shape[:-1], np.int8)
+    lab_planes(rgb, L, ab, L_scale=L_SCALE)
     assert L.max() == 255 and L.min() == 0
-    np.testing.assert_allclose(ab, np.rint(lab[..., 1:].reshape(-1, 2, 2, 2).mean((1, 2)).T[:, :, None]), atol=1)
-
-
-def test_decode_ab_upsamples_bilinearly_and_keeps_flat_planes_flat():
-    q = np.array([[[0, 40], [80, 120]]], np.int8).repeat(2, 0)           # (2, 2, 2)
-    up = decode_ab(q, 4)[0]
-    # centred bilinear: 3/4 own + 1/4 neighbour per axis, edges repeated
-    np.testing.assert_allclose(up[0], [0, 10, 30, 40])
-    np.testing.assert_allclose(up[:, 0], [0, 20, 60, 80])
-    np.testing.assert_allclose(up[1, 1], 0.75 * 0.75 * 0 + 0.75 * 0.25 * 40 + 0.25 * 0.75 * 80 + 0.25 * 0.25 * 120)
-    flat = np.full((3, 2, 5, 5), -7, np.int8)
-    np.testing.assert_array_equal(decode_ab(flat, 9), np.full((3, 2, 9, 9), -7, np.float32))
+    np.testing.assert_allclose(ab, np.moveaxis(lab[..., 1:], -1, 0), atol=0.5 + 1e-3)
 
 
 @pytest.mark.parametrize("compression", [None, "lzf", "szip", "gzip"])
@@ -225,6 +202,35 @@ def test_every_lab_compression_reads_back_the_same_arrays(tmp_path, compression)
     with h5py.File(path, "r") as f:
         assert f["L"].compression == (compression if compression != "none" else None)
         assert f["L"].fletcher32
+
+
+def test_compression_per_array_leaves_the_others_raw(tmp_path):
+    arrays = {"L": np.full((2, 16, 16), 7, np.uint8), "ab": np.full((2, 2, 16, 16), -3, np.int8)}
+    write_shard(tmp_path / "s.h5", arrays, {}, compression={"ab": "szip"})
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        assert f["ab"].compression == "szip" and f["L"].compression is None
+    for name in arrays:
+        np.testing.assert_array_equal(read_array(tmp_path / "s.h5", name), arrays[name])
+    with pytest.raises(ValueError, match="unknown compression 'zstd'"):
+        write_shard(tmp_path / "t.h5", arrays, {}, compression={"ab": "zstd"})
+
+
+def test_lab_shard_stores_uint8_L_raw_and_int8_ab_compressed(tmp_path):
+    from PIL import Image
+
+    from pipeline.preprocess import build_lab_shard
+    rgb = np.random.default_rng(11).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    for i, x in enumerate(rgb):
+        Image.fromarray(x).save(tmp_path / f"{i}.png")
+    build_lab_shard(tmp_path, [f"{i}.png" for i in range(3)], 32, tmp_path / "lab.h5")
+    with h5py.File(tmp_path / "lab.h5", "r") as f:
+        assert f["L"].dtype == np.uint8 and f["L"].compression is None           # the loader's array: raw
+        assert f["ab"].dtype == np.int8 and f["ab"].compression == "szip"        # LAB_COMPRESSION
+        assert f["ab"].shape == (3, 2, 32, 32) and f.attrs["lab_layout"] == "L uint8 x2.55, ab int8"
+    L, ab = lab_planes(rgb)
+    np.testing.assert_allclose(decode_L(read_array(tmp_path / "lab.h5", "L")), L, atol=0.5 / L_SCALE + 1e-4)
+    np.testing.assert_allclose(decode_ab(read_array(tmp_path / "lab.h5", "ab")), np.moveaxis(ab, 0, 1),
+                               atol=0.5 + 1e-3)
 
 
 def test_unknown_compression_is_refused(tmp_path):

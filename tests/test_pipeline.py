@@ -15,7 +15,7 @@ from pipeline.gmm import load_gmm, posteriors
 from pipeline.color import ab_to_hue_chroma
 from pipeline.config import CONFIGS, resolve_config
 from pipeline.labels import lowpass_ab
-from pipeline.shards import CHROMA_BLOCK, chroma_blocks, read_array, read_attrs
+from pipeline.shards import check_ab, read_array, read_attrs
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = 102   # tiny test config: 32 px images, K=4, low-pass 8, shard_size 4
@@ -53,11 +53,11 @@ def test_label_shards_agree_with_sklearn_and_align_with_lab_shards(work, photo_d
     for lab_path, label_path in split.pairs():
         paths = read_array(lab_path, "paths")
         assert list(read_array(label_path, "paths")) == list(paths)
-        ab = chroma_blocks(read_array(lab_path, "ab"))                    # (N, 2, 16, 16) int8
+        ab = check_ab(read_array(lab_path, "ab"))                          # (N, 2, 32, 32) int8
         post = read_array(label_path, "posteriors").astype(np.float64)   # (N, K, 16, 16)
         assert post.shape[1:] == (4, 4, 4)
         for i in range(len(paths)):
-            small = lowpass_ab(ab[i], 8, block=CHROMA_BLOCK)
+            small = lowpass_ab(ab[i], 8)
             ref = gm.predict_proba(ab_to_hue_chroma(small[0], small[1]).reshape(-1, 2))
             got = post[i].reshape(4, -1).T
             assert np.abs(got - ref).max() < 1e-3

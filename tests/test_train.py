@@ -14,7 +14,7 @@ from pipeline.color import ab_to_hue_chroma, rgb_to_lab
 from pipeline.config import resolve_config
 from pipeline.gmm import fit_gmm
 from pipeline.labels import target_posteriors
-from pipeline.shards import chroma_size, decode_L, encode_lab, write_shard
+from pipeline.shards import decode_L, encode_lab, write_shard
 from models.colorizer import Colorizer
 from models.decoders import cluster_centres_ab, decode, upsample_posteriors as upsample_targets
 from models.device import resolve_device
@@ -64,9 +64,8 @@ def _build_shards(folder, names, factor, per_shard=4, empty_shard=True):
         pairs.append((str(lab_path), str(label_path)))
     if empty_shard:                                      # a shard whose files were all skipped
         e_lab, e_label = folder / "lab-empty.h5", folder / "label-empty.h5"
-        c = chroma_size(SIZE)
         write_shard(e_lab, {"L": np.zeros((0, SIZE, SIZE), np.uint8),
-                            "ab": np.zeros((0, 2, c, c), np.int8), "paths": []}, {})
+                            "ab": np.zeros((0, 2, SIZE, SIZE), np.int8), "paths": []}, {})
         s = SIZE // factor
         write_shard(e_label, {"posteriors": np.zeros((0, K, s, s), np.float16), "paths": []}, {})
         pairs.insert(1, (str(e_lab), str(e_label)))
@@ -232,7 +231,7 @@ def test_dataset_shapes_index_and_unflipped(tmp_path):
     torch.testing.assert_close(t.sum(0), torch.ones(4, 4), atol=2e-3, rtol=0)
     v = ds.get_visual(4)
     assert v["ab"].shape == (2, 8, 8) and v["path"] == "4.png" and v["posteriors"].shape == (2, 4, 4)
-    assert (v["ab"][0] == 20).all() and (v["ab"][1] == 0).all()          # from the 4 x 4 stored a/b
+    assert (v["ab"][0] == 20).all() and (v["ab"][1] == 0).all()
     with pytest.raises(IndexError):
         ds[5]
 

@@ -169,11 +169,10 @@ class ShardDataset(Dataset):
 
     def get_visual(self, index) -> dict:
         """Unflipped raw arrays of image `index` for visualisation:
-        L (S, S), ab (2, S, S) (upsampled from the shard's half-resolution chroma),
-        posteriors (K, s, s) as float32, and its path."""
+        L (S, S), ab (2, S, S), posteriors (K, s, s) as float32, and its path."""
         path = self._read(0, "paths", index)
         return {"L": decode_L(self._read(0, "L", index)),
-                "ab": decode_ab(self._read(0, "ab", index), self.image_size),
+                "ab": decode_ab(self._read(0, "ab", index)),
                 "posteriors": self._read(1, "posteriors", index).astype(np.float32),
                 "path": path.decode() if isinstance(path, bytes) else str(path)}
 
