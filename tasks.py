@@ -64,8 +64,9 @@ class LabParams(Stage):
 class LabShard(ShardBatch, LabParams):
     """Reads each shard's source images; writes lab/s<size>/<shard sig>.h5 per shard
     (L, ab, paths, sizes, fingerprints; skipped files with reasons in attrs)."""
-    version = 5              # 4: JPEG draft down to 2x the target only, crop centred on the exact extent
+    version = 6              # 4: JPEG draft down to 2x the target only, crop centred on the exact extent
     #                          5: strings (paths, fingerprints) checksummed (pipeline.shards._create_strings)
+    #                          6: compact layout (uint8 L, int8 a/b: shards.LAB_LAYOUT)
 
     def shard_folder(self) -> str:
         return "lab"

@@ -31,7 +31,7 @@ from pipeline.synthetic import generate_imagenet_like  # noqa: E402
 from pipeline.gmm import fit_gmm, posteriors, to_sklearn  # noqa: E402
 from pipeline.labels import lowpass_ab  # noqa: E402
 from pipeline.preprocess import build_label_shard, build_lab_shard, gmm_features  # noqa: E402
-from pipeline.shards import decode_lab, read_array, read_attrs  # noqa: E402
+from pipeline.shards import decode_ab, read_array, read_attrs  # noqa: E402
 
 
 def main():
@@ -54,7 +54,7 @@ def main():
         build_label_shard(lab, gmm, args.lowpass, lbl, sig="bench-labels")
 
         stored = read_array(lbl, "posteriors").astype(np.float64)       # (N, K, s, s)
-        ab = decode_lab(read_array(lab, "ab"))
+        ab = decode_ab(read_array(lab, "ab"))
         gm = to_sklearn(gmm)
         err_ref = err_enc = 0.0
         sum_err = 0.0

@@ -17,9 +17,10 @@ which side goes first; each round is a new epoch; medians.  At 64 px and at 256 
 value = min over the two sizes of median(many samples/s) / median(one samples/s); goal >= 0.8.
 
 Shards are written by pipeline.shards.write_shard as the preprocessing stages write them
-(Lab: int16 L, uncompressed; labels: float16 posteriors, lzf), from a pool of random images.
-Lab shards leave out ab, which the loader never reads, to keep the files small (10 KB per
-image at 64 px, 160 KB at 256 px).
+(Lab: uint8 L, uncompressed, as LabShard version 5 writes it; labels: float16 posteriors,
+lzf), from a pool of random images.  Lab shards leave out ab, which the loader never reads,
+to keep the files small (4 KB per image at 64 px, 64 KB at 256 px; int16 L, before, took
+twice that).
 
 Opening a shard (two files: open, dataset lookup, first read, close) costs ~1-2 ms here
 whatever the order, so `many` loses ~(1-2 ms) / (images per shard) per sample: the ratio
@@ -58,9 +59,9 @@ POOL = 16  # distinct random images the shards are filled from
 
 
 def image_pool(im_size, k, lowpass, rng):
-    """POOL random images: int16 L (P, S, S); float16 posteriors (P, K, s, s)."""
+    """POOL random images: uint8 L (P, S, S), as in Lab shards; float16 posteriors (P, K, s, s)."""
     s = im_size // lowpass
-    L = encode_lab(rng.uniform(0, 100, (POOL, im_size, im_size)))
+    L, _ = encode_lab(rng.uniform(0, 100, (POOL, im_size, im_size)))
     post = rng.dirichlet(np.full(k, 0.3), (POOL, s, s)).transpose(0, 3, 1, 2).astype(np.float16)
     return L, post
 

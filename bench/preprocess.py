@@ -1,7 +1,7 @@
 """Preprocessing throughput per process: our Lab + label shards vs plain PIL decode+resize.
 
-Ours   = pipeline.preprocess.build_lab_shard (robust decode, resize, Lab as int16 fixed
-         point, HDF5 shard, Lab compression as luigi.cfg's default: none)
+Ours   = pipeline.preprocess.build_lab_shard (robust decode, resize, Lab as uint8 L and int8
+         a/b, HDF5 shard, a/b compressed as by default: szip)
          + build_label_shard (low-pass, GMM posteriors, float16 lzf HDF5 shard), K=16,
          im_size 256, low-pass 8, with a GMM fitted once (before timing) on the same shards.
 Plain  = for each file: Image.open, the same JPEG draft as ours (libjpeg decodes at 1/2,
@@ -25,9 +25,14 @@ instead of wall time.  Both sides run on one thread, so for an idle machine they
 
 --what-if NAME also times, in the same rounds, ours with a proposed change and reports
 its ratio:
-    lzf | szip | gzip   Lab shards written with that compression ([colorize] lab_compression)
-                        (also reports the Lab shard size)
-(kn-posteriors, the (K, N) posterior layout, was measured here and is now the code.)
+    none | lzf | gzip   Lab shards' a/b written with that compression ([colorize]
+                        lab_compression; also reports the Lab shard size)
+    cms                 the Lab conversion by LittleCMS (Pillow's ImageCms, sRGB -> its LAB
+                        mode, which is the shards' layout: uint8 L x 2.55, int8 a/b), in place
+                        of lab_planes; also reports its max / mean abs difference from
+                        lab_planes (skimage's D65 rgb2lab) on the first chunk
+(kn-posteriors, the (K, N) posterior layout, and explog, the cube root of lab_planes as
+exp(log(t) / 3), were measured here and are now the code.)
 
     .venv/bin/python bench/preprocess.py [--n 200] [--rounds 5] [--chunk 100] [--what-if szip]
 """
@@ -47,14 +52,18 @@ sys.path.insert(0, str(REPO))
 
 import pipeline  # noqa: E402,F401  (first: sets OPENBLAS_NUM_THREADS=1 before numpy loads)
 import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+from unittest import mock  # noqa: E402
+
+from PIL import Image, ImageCms  # noqa: E402
+
+import pipeline.preprocess  # noqa: E402
 
 from pipeline.color import lab_planes  # noqa: E402
 from pipeline.splits import list_split  # noqa: E402
 from pipeline.synthetic import generate_imagenet_like  # noqa: E402
 from pipeline.images import (DRAFT_OVERSAMPLE, REDUCING_GAP, RESAMPLE, _square_box,  # noqa: E402
                              load_rgb_with_size)
-from pipeline.shards import COMPRESSION, LAB_SCALE, read_array, write_shard  # noqa: E402
+from pipeline.shards import COMPRESSION, L_SCALE, LAB_COMPRESSION, read_array, write_shard  # noqa: E402
 from pipeline.gmm import fit_gmm  # noqa: E402
 from pipeline.preprocess import build_label_shard, build_lab_shard, gmm_features  # noqa: E402
 
@@ -81,16 +90,50 @@ def plain_stretch(root, relpaths, size):
             np.asarray(im.convert("RGB").resize((size, size)))
 
 
-WHAT_IFS = sorted(k for k in COMPRESSION if k and k != "none")
+WHAT_IFS = sorted(k for k in COMPRESSION if k and k != LAB_COMPRESSION) + ["cms"]
+
+
+_CMS = {}
+
+
+def lab_planes_cms(rgb, L_out, ab_out, L_scale=None):
+    """LittleCMS's sRGB -> LAB (D50 white, Bradford-adapted; Pillow's LAB mode stores L x 2.55
+    as uint8 and a/b as int8 bytes: the shards' layout) into the shard rows."""
+    if "t" not in _CMS:
+        _CMS["t"] = ImageCms.buildTransformFromOpenProfiles(ImageCms.createProfile("sRGB"),
+                                                            ImageCms.createProfile("LAB"), "RGB", "LAB")
+    lab = np.asarray(ImageCms.applyTransform(Image.fromarray(rgb), _CMS["t"]))
+    L_out[...] = lab[..., 0]
+    ab_out[...] = np.moveaxis(lab[..., 1:], -1, 0).view(np.int8)
+    return L_out, ab_out
 
 
 @contextlib.contextmanager
 def what_if(name):
-    """Yield the Lab compression ours should use for proposal `name`."""
-    yield name
+    """Yield the Lab compression ours should use for proposal `name`, with the proposal's
+    code patched in (this process only)."""
+    if name == "cms":
+        with mock.patch.object(pipeline.preprocess, "lab_planes", lab_planes_cms):
+            yield LAB_COMPRESSION
+    else:
+        yield name
 
 
-def ours(root, relpaths, size, gmm, lowpass, out_dir, tag, compression=None):
+def cms_error(root, relpaths, size):
+    """Max / mean abs difference of LittleCMS's L, a, b from lab_planes' (float, skimage's D65)."""
+    err = []
+    for rp in relpaths:
+        rgb = load_rgb_with_size(root / rp, size)[0]
+        L, ab = lab_planes(rgb)
+        cl, cab = np.empty((size, size), np.uint8), np.empty((2, size, size), np.int8)
+        lab_planes_cms(rgb, cl, cab)
+        err.append((np.abs(cl / L_SCALE - L), np.abs(cab - ab)))
+    L_err, ab_err = np.stack([e[0] for e in err]), np.stack([e[1] for e in err])
+    return {"L_max": round(float(L_err.max()), 3), "L_mean": round(float(L_err.mean()), 3),
+            "ab_max": round(float(ab_err.max()), 3), "ab_mean": round(float(ab_err.mean()), 3)}
+
+
+def ours(root, relpaths, size, gmm, lowpass, out_dir, tag, compression=LAB_COMPRESSION):
     lab = out_dir / f"lab-{tag}.h5"
     lbl = out_dir / f"labels-{tag}.h5"
     for p in (lab, lbl):            # a real run writes new files: replacing one costs more
@@ -108,25 +151,25 @@ def stage_breakdown(root, relpaths, size, out, reps=3):
     passes): where ours spends its time beyond plain."""
     n = len(relpaths)
     rgbs = [load_rgb_with_size(root / rp, size)[0] for rp in relpaths]
-    L = np.empty((n, size, size), np.int16)
-    ab = np.empty((n, 2, size, size), np.int16)
+    L = np.empty((n, size, size), np.uint8)
+    ab = np.empty((n, 2, size, size), np.int8)
 
     def convert():
         for i, x in enumerate(rgbs):
-            lab_planes(x, L[i], ab[i], scale=LAB_SCALE)
+            lab_planes(x, L[i], ab[i], L_scale=L_SCALE)
     convert()
 
     def write(compression):
         def go():
             p = out / f"bd-{compression}.h5"
             p.unlink(missing_ok=True)
-            write_shard(p, {"L": L, "ab": ab}, {"kind": "lab", "signature": "bd"}, compression=compression)
+            write_shard(p, {"L": L, "ab": ab}, {"kind": "lab", "signature": "bd"}, compression={"ab": compression})
         return go
 
     parts = {"plain_decode_resize": lambda: plain(root, relpaths, size),
              "plain_stretch": lambda: plain_stretch(root, relpaths, size),
              "load_rgb_with_size": lambda: [load_rgb_with_size(root / rp, size) for rp in relpaths],
-             "lab_planes_int16": convert,
+             "lab_planes": convert,
              "write_lab_none": write(None), "write_lab_lzf": write("lzf"), "write_lab_szip": write("szip"),
              "read_ab_none": lambda: read_array(out / "bd-None.h5", "ab"),
              "read_ab_szip": lambda: read_array(out / "bd-szip.h5", "ab")}
@@ -151,6 +194,7 @@ def main():
                     help="also time ours with this proposed change (see the docstring)")
     args = ap.parse_args()
 
+    load_start = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="bench-preprocess-"))
     try:
         t0 = time.perf_counter()
@@ -240,10 +284,13 @@ def main():
                   "im_size": args.im_size, "k": args.k, "lowpass": args.lowpass,
                   "gmm_fit_s_untimed": round(fit_s, 2), "generate_s": round(gen_s, 2),
                   "lab_shard_bytes_per_image": round(lab_bytes / len(chunks[0])),
-                  "breakdown_ms_per_image": breakdown}
+                  "breakdown_ms_per_image": breakdown,
+                  "load_avg_1m": [round(load_start, 2), round(os.getloadavg()[0], 2)]}
         if args.what_if:
             result[f"what_if_{args.what_if}_ratio"] = round(med["what_if_ratio"], 3)
             result[f"what_if_{args.what_if}_ratio_cpu_time"] = round(med["what_if_ratio_cpu"], 3)
+            if args.what_if == "cms":
+                result["what_if_cms_error_vs_lab_planes"] = cms_error(data, chunks[0], args.im_size)
             if args.what_if in COMPRESSION:
                 result[f"what_if_{args.what_if}_lab_bytes_per_image"] = round(
                     os.path.getsize(out / "lab-w0.h5") / len(chunks[0]))

@@ -38,7 +38,7 @@ CHROMA_SCALE = 128.0
 
 def _lab_f(t):
     """CIE f(t) of float32 t = X/Xn, Y/Yn or Z/Zn (any shape): a cube root, linear near 0."""
-    f = np.cbrt(t)
+    f = _cube_root(t, out=np.empty_like(t))
     dark = t <= _EPS                                                   # linear segment of f(t)
     if dark.any():
         np.copyto(f, t * np.float32(_KAPPA / 116) + np.float32(16 / 116), where=dark)
@@ -70,15 +70,25 @@ def _scratch(n: int):
     return bufs
 
 
-def lab_planes(rgb, L_out=None, ab_out=None, scale: float = 1.0):
-    """uint8 (..., 3) sRGB -> scale * L (...) and scale * ab (2, ...): L in [0, 100], a, b
-    in about [-128, 127].
+def _cube_root(t, out):
+    """float32 cube root of t >= 0 into `out`, as exp(log(t) / 3): numpy's float32 log and exp
+    are SIMD code and its cbrt is not (0.65 vs 3.3 ms for the 3 x 65,536 values of a 256 px
+    image here; relative error <= 4e-7).  t = 0 gives exp(-inf) = 0."""
+    with np.errstate(divide="ignore"):
+        np.log(t, out=out)
+    out *= np.float32(1 / 3)
+    return np.exp(out, out=out)
+
+
+def lab_planes(rgb, L_out=None, ab_out=None, L_scale: float = 1.0, ab_scale: float = 1.0):
+    """uint8 (..., 3) sRGB -> L_scale * L (...) and ab_scale * ab (2, ...): L in [0, 100],
+    a, b in about [-128, 127].
 
     Planar, because that is how the shards and the network hold them.  Writes into
-    L_out / ab_out when given (any dtype: integer outputs are rounded, which with
-    `scale` gives the shards' fixed point straight from the float32 work arrays), else
+    L_out / ab_out when given (any dtype: integer outputs are rounded, which with the
+    scales gives the shards' storage straight from the float32 work arrays), else
     returns new float32 arrays.  Cost at 256x256: one LUT gather, one 3x3 matmul, one
-    cube root and three scaled differences, all into reused work arrays (~0.5 ms here).
+    cube root and three scaled differences, all into reused work arrays.
     """
     rgb = _check_rgb(rgb)
     shape = rgb.shape[:-1]
@@ -86,7 +96,7 @@ def lab_planes(rgb, L_out=None, ab_out=None, scale: float = 1.0):
     np.copyto(index, rgb.reshape(-1, 3).T)                             # planar, as take's intp
     np.take(_LINEAR_LUT, index, out=lin)                               # (3, P) linear RGB
     np.matmul(_RGB2XYZ_N, lin, out=t)                                  # (3, P) X/Xn, Y/Yn, Z/Zn
-    np.cbrt(t, out=f)
+    _cube_root(t, out=f)
     np.less_equal(t, _EPS, out=dark)                                   # linear segment of f(t)
     if dark.any():
         np.multiply(t, np.float32(_KAPPA / 116), out=lin)
@@ -96,8 +106,8 @@ def lab_planes(rgb, L_out=None, ab_out=None, scale: float = 1.0):
     L_out = np.empty(shape, np.float32) if L_out is None else L_out
     ab_out = np.empty((2,) + shape, np.float32) if ab_out is None else ab_out
     work = lin[0]                                                      # reused scratch (P,)
-    for out, u, v, k, c in ((L_out, fy, None, 116, -16), (ab_out[0], fx, fy, 500, 0),
-                            (ab_out[1], fy, fz, 200, 0)):
+    for out, u, v, k, c, scale in ((L_out, fy, None, 116, -16, L_scale), (ab_out[0], fx, fy, 500, 0, ab_scale),
+                                   (ab_out[1], fy, fz, 200, 0, ab_scale)):
         # out = scale * (k * (u - v) + c), with v = 0 for L
         if v is None:
             np.multiply(u, np.float32(k * scale), out=work)

@@ -13,9 +13,9 @@ from .gmm import posteriors
 
 def lowpass_ab(ab, factor: int, scale: float = 1.0) -> np.ndarray:
     """(..., 2, S, S) a/b planes -> float32 (..., 2, S/f, S/f): scale * (Gaussian blur of
-    sigma f, downscaled by f).  Integer planes (the Lab shards' int16 fixed point, with
-    scale = 1 / LAB_SCALE) are block-summed exactly in int32 and scaled at the low
-    resolution: no full-size float copy (0.07 vs 0.13 ms per 256 px image with decoding).
+    sigma f, downscaled by f).  Integer planes (the Lab shards' int8 a/b) are block-summed
+    exactly in int32 and scaled at the low resolution: no full-size float copy (0.07 vs
+    0.13 ms per 256 px image with decoding).
 
     Done in the cheaper equivalent order: an f x f block mean (a box filter of
     variance (f^2-1)/12 px^2, then sampling), followed by the rest of the

@@ -13,7 +13,8 @@ from .fingerprint import check_mode, file_fingerprint
 from .images import SkipImage, load_rgb_with_size
 from .labels import target_posteriors
 from .plan import sample_key
-from .shards import LAB_SCALE, decode_lab, fixed_point, read_array, read_attrs, read_rows, write_shard
+from .shards import (L_SCALE, LAB_COMPRESSION, LAB_LAYOUT, check_ab, decode_L, decode_ab, read_array, read_attrs,
+                     read_rows, write_shard)
 
 # Images per posterior computation: bounds memory at ~10 MB for 256 px.  64 (~40 MB) took
 # 6 % more CPU per image here: fresh pages for its 33 MB float32 batch every time.
@@ -21,20 +22,20 @@ LABEL_BATCH = 16
 
 
 def build_lab_shard(root, relpaths, im_size: int, out_path, sig: str = "", on_image=None,
-                    compression=None, fingerprint: str = "stat") -> dict:
+                    compression=LAB_COMPRESSION, fingerprint: str = "stat") -> dict:
     """Decode, resize and convert `relpaths` to Lab; write one shard; return its summary.
 
     Unusable files are recorded with a reason in the shard's `skipped` attribute
-    and counted; they are never replaced by another file.  `compression`: see
-    pipeline.shards.COMPRESSION (a storage choice: the arrays read back the same).
+    and counted; they are never replaced by another file.  `compression`: the a/b planes',
+    see pipeline.shards.COMPRESSION (a storage choice: the arrays read back the same).
     Each kept image's fingerprint (mode `fingerprint`, as the plan used; taken after
     decoding, uncached) is stored beside it, a record of which version was read.
     """
     check_mode(fingerprint)
     root = Path(root)
     n = len(relpaths)
-    L = np.empty((n, im_size, im_size), np.int16)                 # fixed point, see LAB_SCALE
-    ab = np.empty((n, 2, im_size, im_size), np.int16)
+    L = np.empty((n, im_size, im_size), np.uint8)                 # see shards.LAB_LAYOUT
+    ab = np.empty((n, 2, im_size, im_size), np.int8)
     kept, sizes, fps, skipped = [], [], [], []
     for i, rp in enumerate(relpaths):
         try:
@@ -42,7 +43,7 @@ def build_lab_shard(root, relpaths, im_size: int, out_path, sig: str = "", on_im
         except SkipImage as e:
             skipped.append([rp, e.reason, e.detail])
         else:
-            lab_planes(rgb, L[len(kept)], ab[len(kept)], scale=LAB_SCALE)   # int16 fixed point
+            lab_planes(rgb, L[len(kept)], ab[len(kept)], L_scale=L_SCALE)
             kept.append(rp)
             sizes.append(size)
             fps.append(file_fingerprint(root / rp, fingerprint))
@@ -53,8 +54,8 @@ def build_lab_shard(root, relpaths, im_size: int, out_path, sig: str = "", on_im
     write_shard(out_path,
                 {"L": L[:m], "ab": ab[:m], "paths": kept, "fingerprints": fps,
                  "sizes": np.asarray(sizes, np.int32).reshape(m, 2)},
-                {"kind": "lab", "signature": sig, "im_size": im_size, "lab_scale": LAB_SCALE, **summary},
-                compression=compression)
+                {"kind": "lab", "signature": sig, "im_size": im_size, "lab_layout": LAB_LAYOUT, **summary},
+                compression={"ab": compression})                  # L raw: the loader reads it per sample
     return summary
 
 
@@ -84,7 +85,7 @@ def sample_pixels(shard_paths, counts, name: str, n_images: int, per_image: int,
         by_shard.setdefault(s, []).append(i)
     for s, rows in by_shard.items():
         for img in read_rows(shard_paths[s], name, rows):         # each shard opened once
-            img = decode_lab(img)                                  # (S,S) or (2,S,S)
+            img = decode_L(img) if name == "L" else decode_ab(img)  # (S,S) or (2,S,S)
             img = img.reshape(-1, img.shape[-2] * img.shape[-1])   # (C, S*S)
             pick = rng.choice(img.shape[1], size=min(per_image, img.shape[1]), replace=False)
             out.append(img[:, pick].T)
@@ -112,7 +113,7 @@ def gmm_features(shard_paths, n_images: int, per_image: int, per_image_few: int,
     for s, items in rows.items():
         images = read_rows(shard_paths[s], "ab", [row for row, _ in items])   # each shard opened once
         for (_, key), img in zip(items, images):
-            ab = decode_lab(img).reshape(2, -1)                    # (2, S*S)
+            ab = decode_ab(img).reshape(2, -1)                     # (2, S*S)
             pick = np.random.default_rng([seed, key]).choice(ab.shape[1], size=min(per, ab.shape[1]),
                                                              replace=False)
             pixels[key] = ab[:, pick].T
@@ -152,8 +153,8 @@ def build_label_shard(lab_path, gmm: dict, lowpass: int, out_path, sig: str = ""
     post = np.empty((n, k, s, s), np.float16)
     for i in range(0, n, LABEL_BATCH):
         j = min(n, i + LABEL_BATCH)
-        ab = fixed_point(read_array(lab_path, "ab", slice(i, j)))    # (B, 2, S, S) int16
-        p = target_posteriors(ab, gmm, lowpass, scale=1 / LAB_SCALE)  # (B, K, s, s) float32
+        ab = check_ab(read_array(lab_path, "ab", slice(i, j)))      # (B, 2, S, S) int8
+        p = target_posteriors(ab, gmm, lowpass)                     # (B, K, s, s) float32
         np.copyto(p, np.float32(0), where=p < np.float32(2 ** -14))
         post[i:j] = p
         if on_image:

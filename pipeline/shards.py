@@ -1,13 +1,13 @@
 """HDF5 shard I/O.
 
 Every array is chunked one image per chunk (so a loader reads one image with one
-read), compressed as the writer chooses (COMPRESSION: label shards lzf, Lab shards
-[colorize] lab_compression, none by default), and checksummed (fletcher32: a
+read), compressed as the writer chooses (COMPRESSION: label shards lzf, the Lab shards' a/b
+[colorize] lab_compression, szip by default), and checksummed (fletcher32: a
 flipped byte is an error on read, never silently wrong data).  Metadata lives in
 attributes, dicts/lists stored as JSON strings.
 
-Lab shard:    L (N, S, S) lightness 0..100 and ab (N, 2, S, S), both int16 fixed point
-              (see LAB_SCALE, encode_lab, decode_lab);
+Lab shard:    L (N, S, S) uint8 lightness and ab (N, 2, S, S) int8 a/b (see LAB_LAYOUT,
+              encode_lab, decode_L, decode_ab);
               paths (N,) str relative to the dataset root; sizes (N, 2) int32
               original (width, height); fingerprints (N,) str.
 Strings are stored as fixed-length UTF-8 bytes, checksummed too (_create_strings).
@@ -23,41 +23,59 @@ from .atomic import atomic_path
 
 _STR = h5py.string_dtype("utf-8")
 
-#: Lab shards hold L, a and b as int16 fixed point, value = round(Lab * LAB_SCALE): steps of
-#: 1/256, 16x finer than float16 at L = 100 in the same 2 bytes, and numpy converts int16 <->
-#: float32 with SIMD code, ~20x faster than its scalar float16 casts (0.005 vs 0.12 ms per
-#: 256x256 plane here).  sRGB colours have |a|, |b| < 110, so nothing is clipped.
-LAB_SCALE = 256
+#: Lab shards store what the photo holds at the network's size, no more (LabShard version 5;
+#: the int16 planes before held Lab x 256):
+#:   L   uint8, round(L * L_SCALE): steps of 100/255 = 0.39 (8 bits, as the JPEG's luma);
+#:   ab  int8, round(a) and round(b): steps of 1; sRGB colours have |a|, |b| < 110.
+#: 196,608 bytes per 256 px image as arrays.  The a/b planes are szip-compressed by default
+#: ([colorize] lab_compression: ~55-70 KB of their 131 KB); L stays raw, as the loader reads
+#: it for every sample.  Full resolution, because 4:2:0 chroma (a/b as 2 x 2 block means)
+#: made the truth smoother and moved Evaluate's gray / oracle PSNR by +0.15 to +1.1 dB
+#: (bench/lab_format.py measures this layout against the int16 planes; docs/scaling.md).
+L_SCALE = 255 / 100
+#: Written to every Lab shard's attrs; readers check the arrays' dtypes (decode_L, decode_ab).
+LAB_LAYOUT = "L uint8 x2.55, ab int8"
+#: The a/b planes' compression unless [colorize] lab_compression says otherwise.
+LAB_COMPRESSION = "szip"
 
 #: write_shard's compression choices -> h5py filter settings.  Shuffle helps the LZ
-#: compressors on multi-byte values; szip (libaec) does its own nearest-neighbour prediction.
+#: compressors on multi-byte values; szip (libaec) does its own nearest-neighbour prediction
+#: (blocks of 32 values: on int8 a/b ~20 % faster to write than 16, for 5 % more bytes).
 COMPRESSION = {None: {}, "none": {},
                "lzf": {"compression": "lzf", "shuffle": True},
                "gzip": {"compression": "gzip", "compression_opts": 1, "shuffle": True},
-               "szip": {"compression": "szip", "compression_opts": ("nn", 16)}}
+               "szip": {"compression": "szip", "compression_opts": ("nn", 32)}}
 
 
-def encode_lab(x) -> np.ndarray:
-    """Float Lab values -> int16 fixed point (rounded; clipped to the int16 range).
-    build_lab_shard gets the same values straight from color.lab_planes(scale=LAB_SCALE)."""
-    q = np.multiply(x, LAB_SCALE, dtype=np.float32)
-    np.rint(q, out=q)
-    np.clip(q, -32768, 32767, out=q)
-    return q.astype(np.int16)
+def encode_lab(L, ab=None):
+    """Float L (...) and ab (..., 2, ...) -> the Lab shard's (uint8 L, int8 ab or None).
+    build_lab_shard gets the same values straight from color.lab_planes(L_scale=L_SCALE);
+    this is for other writers (tests, benches)."""
+    L = np.clip(np.rint(np.multiply(L, L_SCALE, dtype=np.float32)), 0, 255).astype(np.uint8)
+    return L, None if ab is None else np.clip(np.rint(np.asarray(ab, np.float32)), -128, 127).astype(np.int8)
 
 
-def fixed_point(q) -> np.ndarray:
-    """A Lab array read from a shard, checked to be int16 fixed point (value * LAB_SCALE)."""
+def _checked(q, dtype, name):
     q = np.asarray(q)
-    if q.dtype != np.int16:
-        raise ShardError(f"Lab arrays must be int16 fixed point, got {q.dtype} "
+    if q.dtype != dtype:
+        raise ShardError(f"Lab shard array {name} must be {np.dtype(dtype)}, got {q.dtype} "
                          "(a shard from an older version? delete it and rerun)")
     return q
 
 
-def decode_lab(q) -> np.ndarray:
-    """int16 fixed point read from a Lab shard -> float32 Lab values."""
-    return np.multiply(fixed_point(q), np.float32(1 / LAB_SCALE), dtype=np.float32)
+def decode_L(q) -> np.ndarray:
+    """uint8 L read from a Lab shard -> float32 lightness in [0, 100]."""
+    return np.multiply(_checked(q, np.uint8, "L"), np.float32(1 / L_SCALE), dtype=np.float32)
+
+
+def check_ab(q) -> np.ndarray:
+    """int8 a/b read from a Lab shard, checked (the integers, for labels.lowpass_ab's exact sums)."""
+    return _checked(q, np.int8, "ab")
+
+
+def decode_ab(q) -> np.ndarray:
+    """int8 a/b read from a Lab shard -> float32 a/b."""
+    return check_ab(q).astype(np.float32)
 
 
 #: What to do about a shard that fails its checksum: the pipeline's outputs are signed by
@@ -155,21 +173,24 @@ _SPARE = threading.local()
 def write_shard(path, arrays: dict, attrs: dict, compression="lzf") -> None:
     """Atomically write `arrays` (first axis = image) and `attrs` to an HDF5 file.
 
-    compression: a key of COMPRESSION (None / "none" = stored as is).  The file is built
+    compression: a key of COMPRESSION (None / "none" = stored as is) for every array, or a
+    dict {array name: key} (arrays it does not name are stored as is).  The file is built
     in memory (_MemoryFile) and written with one plain file write: a full disk or a
     read-only folder is then an ordinary OSError naming `path`.  (HDF5 writing to disk
     itself, or through a file object that fails, leaves the library in a state that
     crashes the process after a failed write: tests/test_faults.py.)
     """
-    if compression not in COMPRESSION:
-        raise ValueError(f"unknown compression {compression!r}; choose one of "
-                         f"{sorted(k for k in COMPRESSION if k)}")
+    per_array = compression if isinstance(compression, dict) else dict.fromkeys(arrays, compression)
+    for choice in per_array.values():
+        if choice not in COMPRESSION:
+            raise ValueError(f"unknown compression {choice!r}; choose one of "
+                             f"{sorted(k for k in COMPRESSION if k)}")
     size = sum(v.nbytes for v in arrays.values() if isinstance(v, np.ndarray))
     image = _MemoryFile(getattr(_SPARE, "buffer", np.empty(0, np.uint8)), size + (1 << 20))
     with atomic_path(path) as tmp:
         with h5py.File(image, "w") as f:
             for name, value in arrays.items():
-                _create_dataset(f, name, value, compression)
+                _create_dataset(f, name, value, per_array.get(name))
             for key, value in attrs.items():
                 f.attrs[key] = _as_attr(value)
         _SPARE.buffer = image.buffer

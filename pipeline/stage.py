@@ -16,7 +16,7 @@ from luigi.parameter import ParameterVisibility
 from pipeline.atomic import remove_stale_temporaries
 from pipeline.fingerprint import MODES as FINGERPRINT_MODES
 from pipeline.progress import Progress, StageProgress
-from pipeline.shards import COMPRESSION
+from pipeline.shards import COMPRESSION, LAB_COMPRESSION
 from pipeline.signature import hash_strings, signature
 
 
@@ -27,8 +27,8 @@ class colorize(luigi.Config):
     device = luigi.Parameter(default="auto", description="auto | cpu | cuda | cuda:N")
     loader_workers = luigi.IntParameter(default=2, description="DataLoader worker processes")
     lab_compression = luigi.ChoiceParameter(
-        default="none", choices=sorted(k for k in COMPRESSION if k),
-        description="Lab shard storage: a disk-vs-CPU choice that does not change what is read back")
+        default=LAB_COMPRESSION, choices=sorted(k for k in COMPRESSION if k),
+        description="Lab shards' a/b storage: a disk-vs-CPU choice that does not change what is read back")
     gpu_resource = luigi.Parameter(default="gpu", description="[resources] name a training task takes 1 of "
                                    "(per-host names, e.g. gpu_host1, with a central scheduler)")
     fingerprint = luigi.ChoiceParameter(default="stat", choices=list(FINGERPRINT_MODES),

@@ -1,6 +1,7 @@
 """Benches that cannot rot: bench/gpu_train.py's --smoke run (seconds, CPU or GPU) trains both
 archs through the real loader and prints the bench JSON line, and without CUDA the full run is a
-no-op; bench/many_shards.py on a few tiny shards, with --baseline."""
+no-op; bench/many_shards.py on a few tiny shards, with --baseline; bench/preprocess.py with a
+what-if at 32 px."""
 import json
 import math
 import subprocess
@@ -65,3 +66,12 @@ def test_many_shards_tiny_run_with_a_baseline():
                 "baseline_one_samples_per_s"):
         assert px[key] > 0, key
     assert result["value"] == px["ratio"] > 0
+
+
+def test_preprocess_tiny_run_with_the_cms_what_if():
+    result = last_json_line("--n", "4", "--chunk", "2", "--rounds", "1", "--im-size", "32", "--k", "4",
+                            "--what-if", "cms", script=REPO / "bench" / "preprocess.py")
+    assert (result["bench"], result["goal"]) == ("preprocess", 0.7)
+    assert result["value"] > 0 and result["what_if_cms_ratio"] > 0 and result["plain_rgb_equals_ours"]
+    err = result["what_if_cms_error_vs_lab_planes"]                              # LittleCMS: D50, not D65
+    assert 0 < err["ab_mean"] < 3 and err["L_max"] < 3

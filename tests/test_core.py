@@ -11,7 +11,7 @@ from pipeline.color import ab_to_hue_chroma, hue_chroma_to_ab, lab_planes, lab_t
 from pipeline.gmm import fit_gmm, load_gmm, posteriors, save_gmm, uniform_grid
 from pipeline.labels import lowpass_ab, target_posteriors
 from pipeline.plan import group_files
-from pipeline.shards import (LAB_SCALE, ShardError, decode_lab, encode_lab, read_array, verify_shard,
+from pipeline.shards import (L_SCALE, ShardError, decode_ab, decode_L, encode_lab, read_array, verify_shard,
                              write_shard)
 
 
@@ -125,17 +125,16 @@ def test_target_posteriors_are_the_posteriors_of_the_low_passed_colours():
     np.testing.assert_allclose(u, _reference_posteriors(ab, uniform_grid(9), 4), atol=0.01)
 
 
-def test_shard_fixed_point_gives_the_float_labels():
-    # the label stage low-passes the Lab shards' int16 planes directly (exact int32 block sums)
+def test_shard_int8_ab_gives_the_float_labels():
+    # the label stage low-passes the Lab shards' int8 planes directly (exact int32 block sums)
     rng = np.random.default_rng(7)
     ab = rng.uniform(-100, 100, (3, 2, 64, 64)).astype(np.float32)
-    q = encode_lab(ab)
+    _, q = encode_lab(np.zeros((3, 64, 64)), ab)
+    assert q.dtype == np.int8 and np.abs(decode_ab(q) - ab).max() <= 0.5
     for factor in (1, 4, 8):
-        np.testing.assert_allclose(lowpass_ab(q, factor, 1 / LAB_SCALE), lowpass_ab(decode_lab(q), factor),
-                                   atol=1e-4)
+        np.testing.assert_allclose(lowpass_ab(q, factor), lowpass_ab(decode_ab(q), factor), atol=1e-4)
     g = uniform_grid(16)
-    np.testing.assert_allclose(target_posteriors(q, g, 8, scale=1 / LAB_SCALE),
-                               target_posteriors(decode_lab(q), g, 8), atol=1e-5)
+    np.testing.assert_allclose(target_posteriors(q, g, 8), target_posteriors(decode_ab(q), g, 8), atol=1e-5)
     features = rng.uniform(0, 1, (5, 7, 2))
     np.testing.assert_allclose(posteriors(features, g, k_first=True), np.moveaxis(posteriors(features, g), -1, 0))
 
@@ -184,20 +183,36 @@ def test_flipped_byte_is_detected_and_names_the_file(tmp_path):
         verify_shard(path)
 
 
-def test_shard_lab_fixed_point_matches_float_lab_and_gray_comes_back_gray():
+def test_shard_lab_layout_matches_float_lab_and_gray_comes_back_gray():
     rgb = np.random.default_rng(8).integers(0, 256, (2, 40, 40, 3), dtype=np.uint8)
     ref = rgb_to_lab(rgb)                                                  # (2, 40, 40, 3) float32
-    L = np.empty((2, 40, 40), np.int16)
-    ab = np.empty((2, 2, 40, 40), np.int16)                                # (a/b, image, y, x)
-    lab_planes(rgb, L, ab, scale=LAB_SCALE)                                # as build_lab_shard
-    np.testing.assert_allclose(decode_lab(L), ref[..., 0], atol=0.5 / LAB_SCALE + 1e-5)
-    np.testing.assert_allclose(decode_lab(ab), np.moveaxis(ref[..., 1:], -1, 0), atol=0.5 / LAB_SCALE + 1e-4)
-    np.testing.assert_array_equal(encode_lab(decode_lab(ab)), ab)
-    with pytest.raises(ShardError, match="int16"):
-        decode_lab(ab.astype(np.float16))
-    L_all = np.arange(0, 100 * LAB_SCALE + 1) / LAB_SCALE                  # every stored lightness
+    L, ab = np.empty((2, 40, 40), np.uint8), np.empty((2, 2, 40, 40), np.int8)   # (a/b, image, y, x)
+    lab_planes(rgb, L, ab, L_scale=L_SCALE)                                # as build_lab_shard
+    want_L, want_ab = encode_lab(ref[..., 0], np.moveaxis(ref[..., 1:], -1, 0))
+    assert np.abs(L.astype(int) - want_L).max() <= 1 and (L != want_L).mean() < 1e-3   # float32 ties
+    assert np.abs(ab.astype(int) - want_ab).max() <= 1 and (ab != want_ab).mean() < 1e-3
+    np.testing.assert_allclose(decode_L(L), ref[..., 0], atol=0.5 / L_SCALE + 1e-4)
+    np.testing.assert_allclose(decode_ab(ab), np.moveaxis(ref[..., 1:], -1, 0), atol=0.5 + 1e-3)
+    with pytest.raises(ShardError, match="must be uint8, got int16 .*older version"):
+        decode_L(L.astype(np.int16))
+    with pytest.raises(ShardError, match="must be int8, got int16"):
+        decode_ab(ab.astype(np.int16))
+    L_all = decode_L(np.arange(256, dtype=np.uint8))                       # every stored lightness
     gray = lab_to_rgb(np.stack([L_all, 0 * L_all, 0 * L_all], -1))
     assert (gray[:, 0] == gray[:, 1]).all() and (gray[:, 1] == gray[:, 2]).all()
+
+
+def test_every_srgb_colour_fits_the_shard_layout():
+    # uint8 L and int8 a/b hold every sRGB colour without clipping: the cube's corners and a grid
+    levels = np.arange(0, 256, 15, dtype=np.uint8)                         # 0, 15, ..., 255
+    rgb = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1)
+    lab = rgb_to_lab(rgb)
+    assert lab[..., 0].min() >= 0 and lab[..., 0].max() * L_SCALE <= 255.5
+    assert np.abs(lab[..., 1:]).max() < 127.5
+    L, ab = np.empty(rgb.shape[:-1], np.uint8), np.empty((2,) + rgb.shape[:-1], np.int8)
+    lab_planes(rgb, L, ab, L_scale=L_SCALE)
+    assert L.max() == 255 and L.min() == 0
+    np.testing.assert_allclose(ab, np.moveaxis(lab[..., 1:], -1, 0), atol=0.5 + 1e-3)
 
 
 @pytest.mark.parametrize("compression", [None, "lzf", "szip", "gzip"])
@@ -212,6 +227,35 @@ def test_every_lab_compression_reads_back_the_same_arrays(tmp_path, compression)
     with h5py.File(path, "r") as f:
         assert f["L"].compression == (compression if compression != "none" else None)
         assert f["L"].fletcher32
+
+
+def test_compression_per_array_leaves_the_others_raw(tmp_path):
+    arrays = {"L": np.full((2, 16, 16), 7, np.uint8), "ab": np.full((2, 2, 16, 16), -3, np.int8)}
+    write_shard(tmp_path / "s.h5", arrays, {}, compression={"ab": "szip"})
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        assert f["ab"].compression == "szip" and f["L"].compression is None
+    for name in arrays:
+        np.testing.assert_array_equal(read_array(tmp_path / "s.h5", name), arrays[name])
+    with pytest.raises(ValueError, match="unknown compression 'zstd'"):
+        write_shard(tmp_path / "t.h5", arrays, {}, compression={"ab": "zstd"})
+
+
+def test_lab_shard_stores_uint8_L_raw_and_int8_ab_compressed(tmp_path):
+    from PIL import Image
+
+    from pipeline.preprocess import build_lab_shard
+    rgb = np.random.default_rng(11).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    for i, x in enumerate(rgb):
+        Image.fromarray(x).save(tmp_path / f"{i}.png")
+    build_lab_shard(tmp_path, [f"{i}.png" for i in range(3)], 32, tmp_path / "lab.h5")
+    with h5py.File(tmp_path / "lab.h5", "r") as f:
+        assert f["L"].dtype == np.uint8 and f["L"].compression is None           # the loader's array: raw
+        assert f["ab"].dtype == np.int8 and f["ab"].compression == "szip"        # LAB_COMPRESSION
+        assert f["ab"].shape == (3, 2, 32, 32) and f.attrs["lab_layout"] == "L uint8 x2.55, ab int8"
+    L, ab = lab_planes(rgb)
+    np.testing.assert_allclose(decode_L(read_array(tmp_path / "lab.h5", "L")), L, atol=0.5 / L_SCALE + 1e-4)
+    np.testing.assert_allclose(decode_ab(read_array(tmp_path / "lab.h5", "ab")), np.moveaxis(ab, 0, 1),
+                               atol=0.5 + 1e-3)
 
 
 def test_unknown_compression_is_refused(tmp_path):

@@ -57,8 +57,8 @@ def build_data(folder):
     def shard(name, rows):
         paths = [f"{PHOTOS[i]}.png" for i in rows]
         lab_path, label_path = folder / f"lab-{name}.h5", folder / f"label-{name}.h5"
-        write_shard(lab_path, {"L": encode_lab(lab[rows, ..., 0]),
-                               "ab": encode_lab(ab[rows]), "paths": paths}, {"im_size": SIZE})
+        L_q, ab_q = encode_lab(lab[rows, ..., 0], ab[rows])
+        write_shard(lab_path, {"L": L_q, "ab": ab_q, "paths": paths}, {"im_size": SIZE})
         write_shard(label_path, {"posteriors": post[rows].astype(np.float16), "paths": paths}, {})
         return str(lab_path), str(label_path)
     return {"train": [shard("t0", [0, 1, 2, 3]), shard("t1", [4, 5, 6, 7]), shard("t2", [1, 3, 5, 7])],
@@ -221,7 +221,8 @@ def test_two_processes_match_one_process_at_the_same_global_batch(runs, tmp_path
     ddp, single = root / "ddp-nodrop", tmp_path / "single"
     ddp_steps = json.loads((ddp / "steps-None.json").read_text())
     assert len(ddp_steps) == len(steps) == 3
-    diff_train = max(abs(a - b) for a, b in zip(ddp_steps, steps))
+    step_diffs = [abs(a - b) for a, b in zip(ddp_steps, steps)]
+    diff_train = max(step_diffs)
     diff_valid = abs(_losses(ddp, "valid")[-1] - _losses(single, "valid")[-1])
     print(f"\n1 vs 2 processes: per-step train losses {['%.6f' % x for x in steps]} max |diff| "
           f"{diff_train:.1e}; final valid loss {_losses(single, 'valid')[-1]:.6f} |diff| {diff_valid:.1e}")
@@ -236,7 +237,12 @@ def test_two_processes_match_one_process_at_the_same_global_batch(runs, tmp_path
     # is chaotic: 1e-6 relative noise on the initial weights moves a step-3 loss by 1e-2), hence
     # 3 steps.  Per-rank BN statistics instead of SyncBatchNorm: 9e-2 at step 1, 1e-2..4e-2 on
     # valid -- far outside these tolerances (1e-4 train, 1e-3 valid).
-    assert diff_train < 1e-4
+    # Since the Lab shards hold L as uint8 (steps of 0.39; LabShard v5) flat areas of these
+    # 32 px photos are exactly equal, so max-pool ties are broken by the summation-order
+    # noise and route some gradients elsewhere: steps 2-3 then differ by up to 1.3e-3
+    # (2.4e-6 with the int16 L before); the first step (no update yet) stays exact.
+    assert step_diffs[0] < 1e-4
+    assert diff_train < 5e-3
     assert diff_valid < 1e-3
     assert [r["iteration"] for r in _log(ddp)] == [r["iteration"] for r in _log(single)]
     assert [r["epoch"] for r in _log(ddp)] == [r["epoch"] for r in _log(single)]

@@ -29,8 +29,8 @@ def _tiny_shards(folder, sizes, size=8):
     pairs = []
     for i, n in enumerate(sizes):
         lab, label = folder / f"lab{i}.h5", folder / f"label{i}.h5"
-        write_shard(lab, {"L": encode_lab(rng.uniform(0, 100, (n, size, size))),
-                          "ab": encode_lab(np.zeros((n, 2, size, size))),
+        L_q, ab_q = encode_lab(rng.uniform(0, 100, (n, size, size)), np.zeros((n, 2, size, size)))
+        write_shard(lab, {"L": L_q, "ab": ab_q,
                           "paths": [f"{i}-{j}.png" for j in range(n)]}, {})
         post = rng.dirichlet(np.ones(2), (n, size // 2, size // 2)).transpose(0, 3, 1, 2)
         write_shard(label, {"posteriors": post.astype(np.float16)}, {})

@@ -15,7 +15,7 @@ from pipeline.gmm import load_gmm, posteriors
 from pipeline.color import ab_to_hue_chroma
 from pipeline.config import CONFIGS, resolve_config
 from pipeline.labels import lowpass_ab
-from pipeline.shards import decode_lab, read_array, read_attrs
+from pipeline.shards import check_ab, read_array, read_attrs
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = 102   # tiny test config: 32 px images, K=4, low-pass 8, shard_size 4
@@ -56,7 +56,7 @@ def _check_labels_against_sklearn(dataset, k, lowpass, **overrides):
     for lab_path, label_path in split.pairs():
         paths = read_array(lab_path, "paths")
         assert list(read_array(label_path, "paths")) == list(paths)
-        ab = decode_lab(read_array(lab_path, "ab"))
+        ab = check_ab(read_array(lab_path, "ab"))                          # (N, 2, S, S) int8
         post = read_array(label_path, "posteriors").astype(np.float64)   # (N, K, side, side)
         assert post.shape[1:] == (k, side, side)
         for i in range(len(paths)):

@@ -14,7 +14,7 @@ from pipeline.color import ab_to_hue_chroma, rgb_to_lab
 from pipeline.config import resolve_config
 from pipeline.gmm import fit_gmm
 from pipeline.labels import target_posteriors
-from pipeline.shards import decode_lab, encode_lab, write_shard
+from pipeline.shards import decode_L, encode_lab, write_shard
 from models.colorizer import Colorizer
 from models.decoders import cluster_centres_ab, decode, upsample_posteriors as upsample_targets
 from models.device import resolve_device
@@ -58,14 +58,14 @@ def _build_shards(folder, names, factor, per_shard=4, empty_shard=True):
     for i in range(0, len(names), per_shard):
         sl, paths = slice(i, i + per_shard), [f"{n}.png" for n in names[i:i + per_shard]]
         lab_path, label_path = folder / f"lab-{i}.h5", folder / f"label-{i}.h5"
-        write_shard(lab_path, {"L": encode_lab(lab[sl, ..., 0]), "ab": encode_lab(ab[sl]),
-                               "paths": paths}, {"im_size": SIZE})
+        L_q, ab_q = encode_lab(lab[sl, ..., 0], ab[sl])
+        write_shard(lab_path, {"L": L_q, "ab": ab_q, "paths": paths}, {"im_size": SIZE})
         write_shard(label_path, {"posteriors": post[sl].astype(np.float16), "paths": paths}, {})
         pairs.append((str(lab_path), str(label_path)))
     if empty_shard:                                      # a shard whose files were all skipped
         e_lab, e_label = folder / "lab-empty.h5", folder / "label-empty.h5"
-        write_shard(e_lab, {"L": np.zeros((0, SIZE, SIZE), np.int16),
-                            "ab": np.zeros((0, 2, SIZE, SIZE), np.int16), "paths": []}, {})
+        write_shard(e_lab, {"L": np.zeros((0, SIZE, SIZE), np.uint8),
+                            "ab": np.zeros((0, 2, SIZE, SIZE), np.int8), "paths": []}, {})
         s = SIZE // factor
         write_shard(e_label, {"posteriors": np.zeros((0, K, s, s), np.float16), "paths": []}, {})
         pairs.insert(1, (str(e_lab), str(e_label)))
@@ -215,8 +215,8 @@ def _synthetic_shards(folder, n=5, size=8, small=4):
     pairs = []
     for i, sl in enumerate((slice(0, 3), slice(3, n))):
         lab, label = folder / f"lab{i}.h5", folder / f"label{i}.h5"
-        write_shard(lab, {"L": encode_lab(L[sl]), "ab": encode_lab(ab[sl]),
-                          "paths": [f"{j}.png" for j in range(n)][sl]}, {})
+        L_q, ab_q = encode_lab(L[sl], ab[sl])
+        write_shard(lab, {"L": L_q, "ab": ab_q, "paths": [f"{j}.png" for j in range(n)][sl]}, {})
         write_shard(label, {"posteriors": post[sl].astype(np.float16)}, {})
         pairs.append((lab, label))
     return pairs, L, post
@@ -229,11 +229,13 @@ def test_dataset_shapes_index_and_unflipped(tmp_path):
     for i in range(5):                                               # rows of both shards, in order
         x, t = ds[i]
         assert x.dtype == torch.float32 and x.shape == (1, 8, 8) and t.shape == (2, 4, 4)
-        np.testing.assert_allclose(x[0].numpy(), decode_lab(encode_lab(L[i])))   # raw L: the Colorizer centres it
+        stored_L = decode_L(encode_lab(L[i], np.zeros((2, 8, 8)))[0])
+        np.testing.assert_allclose(x[0].numpy(), stored_L)           # raw L: the Colorizer centres it
         np.testing.assert_allclose(t.numpy(), post[i], atol=1e-3)    # float16 in the shard
         torch.testing.assert_close(t.sum(0), torch.ones(4, 4), atol=2e-3, rtol=0)
     v = ds.get_visual(4)
     assert v["ab"].shape == (2, 8, 8) and v["path"] == "4.png" and v["posteriors"].shape == (2, 4, 4)
+    assert (v["ab"][0] == 20).all() and (v["ab"][1] == 0).all()
     with pytest.raises(IndexError):
         ds[5]
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pipeline.shards import ShardError, corrupt_shard, decode_lab
+from pipeline.shards import ShardError, corrupt_shard, decode_ab, decode_L
 
 from train.stop import quiet_worker   # absolute: bench/many_shards.py loads this file alone
 
@@ -160,7 +160,7 @@ class ShardDataset(Dataset):
         index = int(index)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")
-        x = torch.from_numpy(decode_lab(self._read(0, "L", index))).unsqueeze(0)
+        x = torch.from_numpy(decode_L(self._read(0, "L", index))).unsqueeze(0)
         # torch casts float16 with SIMD code; numpy's astype is scalar (~4x slower here)
         target = torch.from_numpy(self._read(1, "posteriors", index)).float()
         if self.flip:
@@ -173,8 +173,8 @@ class ShardDataset(Dataset):
         """Unflipped raw arrays of image `index` for visualisation:
         L (S, S), ab (2, S, S), posteriors (K, s, s) as float32, and its path."""
         path = self._read(0, "paths", index)
-        return {"L": decode_lab(self._read(0, "L", index)),
-                "ab": decode_lab(self._read(0, "ab", index)),
+        return {"L": decode_L(self._read(0, "L", index)),
+                "ab": decode_ab(self._read(0, "ab", index)),
                 "posteriors": self._read(1, "posteriors", index).astype(np.float32),
                 "path": path.decode() if isinstance(path, bytes) else str(path)}
 
