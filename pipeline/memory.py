@@ -117,12 +117,12 @@ def optimizer_states(cfg: dict) -> int:
 
 
 def activation_bytes(device_kind: str, cfg: dict) -> int:
-    """Bytes per activation: bf16 autocast on CUDA (models.device.autocast), float32 on CPU,
-    or as cfg["precision"] says where the config has that key."""
-    precision = str(cfg.get("precision", "")).lower()
-    if precision:
-        return 2 if any(p in precision for p in ("16", "half")) else 4
-    return 2 if device_kind == "cuda" else 4
+    """Bytes per activation, as config key `precision` says (models.device.use_bf16): 'bf16' 2,
+    'fp32' 4, 'auto' (or no such key) bf16 on CUDA, float32 on the CPU."""
+    precision = cfg.get("precision", "auto")
+    if precision == "auto":
+        return 2 if device_kind == "cuda" else 4
+    return 2 if precision == "bf16" else 4
 
 
 def training_step_bytes(cfg: dict, arch: str, device_kind: str = "cpu") -> int:

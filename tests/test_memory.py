@@ -153,3 +153,11 @@ def test_shard_and_training_needs():
 def test_every_registered_architecture_has_a_head_in_the_estimate():
     from models.registry import ARCHITECTURES
     assert set(ARCHITECTURES) <= set(memory.FINAL_FACTOR) == set(memory.SKIP_STRIDES)
+
+
+@pytest.mark.parametrize("device_kind, precision, expected", [
+    ("cuda", None, 2), ("cpu", None, 4), ("cuda", "auto", 2), ("cpu", "auto", 4), ("cpu", "bf16", 2),
+    ("cuda", "fp32", 4), ("cuda", "bf16", 2)])
+def test_activation_bytes_follow_the_precision_key(device_kind, precision, expected):
+    cfg = {} if precision is None else {"precision": precision}       # configs from before the key: auto
+    assert memory.activation_bytes(device_kind, cfg) == expected
