@@ -30,7 +30,7 @@ import sys
 from models.device import DEVICE_NAMES, check_device                        # no torch: --help stays fast
 from models.registry import DECODERS, DEFAULT_DECODER, DEFAULT_TEMPERATURE
 
-from . import caches, evaluations, runs
+from . import caches, compare, evaluations, runs
 
 PROG = "colorize-fcn"
 _MAX_LISTED = 20               # existing outputs named one per line before "... and N more"
@@ -235,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_colorize(sub)
     evaluations.add_parser(sub)
+    compare.add_parser(sub)
     runs.add_parser(sub)
     caches.add_parser(sub)
     return parser

@@ -97,8 +97,12 @@ def run_luigi(argv, task) -> int:
     """Run one task's Luigi command in this process; the README exit code."""
     import luigi.configuration
     import luigi.interface
+    import luigi.task_register
     quiet = [] if luigi.configuration.get_config().has_option("core", "logging_conf_file") else \
         ["--log-level", "WARNING"]                      # no project luigi.cfg here: Luigi would log DEBUG
+    # task instances are cached per process with their [colorize] settings read once: one made
+    # by an earlier build in this process (another work dir) must not stand for this command's
+    luigi.task_register.Register.clear_instance_cache()
     result = luigi.interface.run(argv[:2] + task[:1] + argv[2:] + quiet + task[1:], detailed_summary=True)
     return EXIT_CODES.get(result.status.name, 30)
 

@@ -97,3 +97,31 @@ def test_runs_shows_what_each_auc_was_measured_on_and_prefers_held_out(runs_copy
     as_json = {x["run"]: x for x in json.loads(capsys.readouterr().out)}
     assert as_json[run.name]["auc_on"] == "val (3)"
     assert as_json[run.name]["evaluations"][1]["evaluated_on"]["split"] == "train"
+
+
+def test_compare_writes_one_page_with_both_runs_curves_and_the_same_photos(runs_copy, tmp_path, capsys):
+    """The missing evaluations on the folder are made first (the Evaluate task), then one page:
+    the differing setting (lr), both runs' metrics, three figures and the same photos per run."""
+    work, dataset, (a, b), photos = runs_copy
+    out = tmp_path / "cmp" / "compare.html"
+    assert main(["compare", str(a), str(b), "--on", str(photos), "--no-evaluate", "--out", str(out)]) == 1
+    said = capsys.readouterr().out.splitlines()
+    assert len(said) == 2 and all(s.startswith("luigi --module tasks Evaluate --config 102 --arch fcn32s") and
+                                  f"--images {photos.resolve()}" in s for s in said) and not out.exists()
+    assert main(["compare", str(a), str(b), "--on", str(photos), "--out", str(out), "--device", "cpu",
+                 "--gallery", "2"]) == 0
+    page = out.read_text()
+    metrics = [json.loads(next(r.glob("eval-*/metrics.json")).read_text()) for r in (a, b)]
+    for m in metrics:
+        assert m["evaluated_on"]["folder"] == str(photos.resolve())
+        assert f"<td>{m['methods']['model/annealed']['auc']:.2f}</td>" in page
+    settings = page[page.index('<table id="settings">'):].split("</table>")[0]
+    assert "<th>lr</th><td>0.003</td><td>0.001</td>" in settings and "max_iteration" not in settings
+    for fig in ("auc", "loss", "iou"):
+        assert f'<img id="{fig}" src="data:image/png;base64,' in page
+    gallery = page[page.index('<table id="gallery">'):].split("</table>")[0]
+    rows = gallery.split("<tr>")[2:]
+    assert len(rows) == 2 and all(r.count("<img class='photo'") == 4 for r in rows)   # gray, A, B, truth
+    n_evals = [len(list(r.glob("eval-*"))) for r in (a, b)]
+    assert main(["compare", str(a), str(b), "--on", str(photos), "--out", str(out), "--device", "cpu"]) == 0
+    assert [len(list(r.glob("eval-*"))) for r in (a, b)] == n_evals == [1, 1]        # evaluated once
