@@ -42,6 +42,7 @@ from pipeline.shards import ShardError, read_attrs
 from pipeline.signature import hash_strings, signature
 from pipeline.splits import ALL_SPLIT, list_nonempty_split
 from pipeline.stage import MAX_SHARD_TASKS, ShardBatch, Stage, colorize, once, stage_of
+from pipeline.sweep import ConfigListParameter, OverridesGridParameter, expand_grid, parse_configs, parse_grid
 
 log = logging.getLogger("luigi-interface")
 luigi_summary.refuse_without_config()
@@ -508,6 +509,54 @@ class Evaluate(ConfigTask):
             on_image=self.progress_callback("evaluate"))
         log.info("[evaluate] %s on %s: %s\n%s", self.arch, describe_evaluation(evaluated), self.out_dir(),
                  metrics_table(metrics))
+
+
+class Sweep(Stage):
+    """Trains and evaluates every combination of --configs x --overrides-grid (each on top of
+    --overrides): one Evaluate per combination, so runs train in parallel with several workers,
+    one per GPU through [resources], and runs with the same label settings share every Lab and
+    label shard (the same tasks); reads their metrics, logs and best.pt; writes
+    sweeps/sweep-<sig>/compare.html (inference/compare.py) on one evaluation set: --on, else
+    the first config's val split."""
+    configs = ConfigListParameter(description="config numbers, e.g. 14,32")
+    overrides = OverridesParameter(default={}, description="JSON dict of config keys every run changes")
+    overrides_grid = OverridesGridParameter(default="{}", description='JSON dict of lists, e.g. {"lr": [1e-5, 1e-6]}')
+    dataset = luigi.Parameter(default="", description="dataset root ('' = [colorize] dataset)")
+    arch = luigi.ChoiceParameter(choices=list(ARCHITECTURES), default="fcn32s")
+    on = luigi.Parameter(default="", description="split name or folder every run is scored on "
+                                                 "('' = the first config's val split)")
+    gallery = luigi.IntParameter(default=4, description="photos on the compare page")
+    not_in_sig = ("dataset", "on")       # the evaluations' signatures cover what they read
+
+    @once
+    def requires(self):
+        numbers, combos = parse_configs(self.configs), expand_grid(parse_grid(self.overrides_grid))
+        first = resolve_config(numbers[0], {**self.overrides, **combos[0]})
+        split = self.on or first["val_split"]
+        evals = []
+        for number in numbers:
+            for combo in combos:
+                ev = Evaluate(config=number, overrides={**self.overrides, **combo}, dataset=self.dataset,
+                              arch=self.arch, gallery=self.gallery)
+                if Path(split).is_dir():
+                    ev = ev.clone(images=split)
+                elif split != ev.cfg["val_split"]:
+                    ev = ev.clone(split=split)
+                evals.append(ev)
+        return evals
+
+    def output(self):
+        return luigi.LocalTarget(self.work_dir() / "sweeps" / f"sweep-{self.sig()}" / "compare.html")
+
+    def run(self):
+        from inference.compare import compare
+        runs = [ev.requires()["run"].run_dir() for ev in self.requires()]
+        on = self.on or self.requires()[0].cfg["val_split"]
+        code = compare(runs, on, self.output().path, self.gallery, evaluate=False, device=self.settings.device,
+                       log=log.info)
+        if code:
+            raise RuntimeError(f"the compare page of {len(runs)} runs was not written (exit {code})")
+        log.info("[sweep] %d runs compared: %s", len(runs), self.output().path)
 
 
 class SampleDataset(luigi.Task):

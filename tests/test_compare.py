@@ -125,3 +125,42 @@ def test_compare_writes_one_page_with_both_runs_curves_and_the_same_photos(runs_
     n_evals = [len(list(r.glob("eval-*"))) for r in (a, b)]
     assert main(["compare", str(a), str(b), "--on", str(photos), "--out", str(out), "--device", "cpu"]) == 0
     assert [len(list(r.glob("eval-*"))) for r in (a, b)] == n_evals == [1, 1]        # evaluated once
+
+
+# ----------------------------------------------------------------------------- Sweep
+def test_sweep_grid_parsing_and_order():
+    from pipeline.config import ConfigError
+    from pipeline.sweep import expand_grid, parse_configs, parse_grid
+    assert parse_configs("14, 32") == (14, 32)
+    grid = parse_grid('{"seed": [0, 1], "lr": [1e-5, 1e-6]}')
+    assert expand_grid(grid) == [{"lr": 1e-5, "seed": 0}, {"lr": 1e-5, "seed": 1},
+                                 {"lr": 1e-6, "seed": 0}, {"lr": 1e-6, "seed": 1}]
+    assert expand_grid({}) == [{}]
+    for bad, says in (('{"lr": 1e-5}', "non-empty list"), ('{"lr": [-1]}', "lr must be"),
+                      ('{"lr": [1e-5, 1e-5]}', "twice"), ("[1]", "JSON object"), ('{"lr": [', "not valid JSON")):
+        with pytest.raises(ConfigError, match=says):
+            parse_grid(bad)
+    for bad in ("14,14", "999", "x", ""):
+        with pytest.raises(ConfigError):
+            parse_configs(bad)
+
+
+def test_sweep_2x2_trains_4_runs_builds_labels_once_and_writes_the_compare_page(two_runs, tmp_path, ran):
+    work, dataset, _, _ = two_runs
+    with work_dir_settings(tmp_path / "work"):
+        sweep = tasks.Sweep(configs="102", overrides=OVER, overrides_grid='{"lr": [3e-3, 1e-3], "seed": [0, 1]}',
+                            dataset=str(dataset), gallery=1)
+        build(sweep)
+        assert ran.count("TrainFCN32s") == 4 and ran.count("Evaluate") == 4 and ran.count("Sweep") == 1
+        labels = tasks.LabelSplit.from_cfg(sweep.requires()[0].cfg, dataset=str(dataset), split="train")
+        val = labels.clone(split="val")
+        n_batches = len(labels.requires()["labels"]) + len(val.requires()["labels"])
+        assert ran.count("FitGMM") == 1 and ran.count("LabelShard") == n_batches     # one label setting, built once
+        assert len({ev.requires()["run"].run_dir() for ev in sweep.requires()}) == 4
+        page = Path(sweep.output().path).read_text()
+        assert page.count("<img class='photo'") == 6                                  # gray, A-D, truth
+        assert "<th>lr</th><td>0.003</td><td>0.003</td><td>0.001</td><td>0.001</td>" in page
+        assert "<th>seed</th><td>0</td><td>1</td><td>0</td><td>1</td>" in page
+        ran.clear()
+        build(sweep)
+        assert ran.families() == []
