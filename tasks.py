@@ -43,6 +43,7 @@ from pipeline.signature import hash_strings, signature
 from pipeline.splits import ALL_SPLIT, list_nonempty_split
 from pipeline.stage import MAX_SHARD_TASKS, ShardBatch, Stage, colorize, once, stage_of
 from pipeline.sweep import ConfigListParameter, OverridesGridParameter, expand_grid, parse_configs, parse_grid
+from pipeline.textures import generate_textures
 
 log = logging.getLogger("luigi-interface")
 luigi_summary.refuse_without_config()
@@ -569,6 +570,22 @@ class SampleDataset(luigi.Task):
 
     def run(self):
         materialise_samples(self.dest)
+
+
+class TextureDataset(luigi.Task):
+    """Generates textures whose colour follows from the lightness (pipeline/textures.py); writes
+    <dest>/ (train/ and val/ PNGs + files_train/val.txt)."""
+    dest = luigi.Parameter(default="data/textures")
+    n_train = luigi.IntParameter(default=400)
+    n_val = luigi.IntParameter(default=100)
+    size = luigi.IntParameter(default=64, description="image side, px")
+    seed = luigi.IntParameter(default=0)
+
+    def output(self):
+        return luigi.LocalTarget(Path(self.dest) / "files_train.txt")
+
+    def run(self):
+        generate_textures(self.dest, self.n_train, self.n_val, self.size, self.seed)
 
 
 class Demo(luigi.Task):

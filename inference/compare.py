@@ -102,10 +102,12 @@ def auc_figure(labels, metrics) -> str:
 def curve_figure(labels, logs, key, ylabel) -> str:
     fig, ax = _figure()
     for label, rows in zip(labels, logs):
+        color = None                   # one colour per run: validation solid, training dotted
         for split, style in (("valid", "-o"), ("train", ":")):
             pts = [(r["iteration"], r[key]) for r in rows if r["split"] == split]
             if pts:
-                ax.plot(*zip(*pts), style, markersize=3, label=f"{label} {split}")
+                line, = ax.plot(*zip(*pts), style, markersize=3, color=color, label=f"{label} {split}")
+                color = line.get_color()
     ax.set_xlabel("iteration")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)

@@ -26,7 +26,7 @@ from .color import lab_to_rgb
 from .published import mkdtemp_next_to, prepare_folder, publish_folder, write_folder_manifest
 from .splits import write_split_lists
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 KIND = "colorize-fcn textures"
 
 #: name -> (hue in degrees of the a/b plane, chroma in CIELab units).  Hues 60-90 degrees
@@ -78,7 +78,8 @@ def texture_image(size: int, rng) -> tuple:
         hue, chroma = TEXTURES[name]
         h = np.radians(hue + rng.uniform(-6, 6))
         c = chroma * rng.uniform(0.85, 1.15)
-        lab[mask, 0] = mean + amp * _pattern(name, size, rng)[mask]
+        pattern = _pattern(name, size, rng)[mask]
+        lab[mask, 0] = mean + amp * (pattern - pattern.mean())       # zero mean: dots are not darker
         lab[mask, 1], lab[mask, 2] = c * np.cos(h), c * np.sin(h)
     return lab_to_rgb(lab), kinds[region]
 
@@ -87,7 +88,7 @@ def _relpath(split: str, i: int) -> str:
     return f"{split}/{split}_{i:05d}.png"
 
 
-def generate_textures(dest, n_train: int = 600, n_val: int = 100, size: int = 64, seed: int = 0) -> dict:
+def generate_textures(dest, n_train: int = 400, n_val: int = 100, size: int = 64, seed: int = 0) -> dict:
     """Write n_train + n_val PNGs of `size` px (texture_image) and files_train/val.txt into dest.
     Image i of a split depends only on (seed, split, i); val images use other seeds than train
     ones (new layouts).  Idempotent: a complete dest made with the same parameters is kept, one
@@ -127,7 +128,7 @@ def generate_textures(dest, n_train: int = 600, n_val: int = 100, size: int = 64
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipeline.textures", description=__doc__.split("\n\n")[0])
     p.add_argument("dest")
-    p.add_argument("--train", type=int, default=600)
+    p.add_argument("--train", type=int, default=400)
     p.add_argument("--val", type=int, default=100)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
