@@ -40,16 +40,6 @@ def describe_evaluation(rec, short: bool = False) -> str:
     return f"{what} ({n} images{skipped})"
 
 
-def same_target(rec, on) -> bool:
-    """Whether a record scored `on`: a folder path, a split name, or None (the run's default,
-    recorded as its config's val split: the caller passes that name)."""
-    if not rec:
-        return False
-    if "folder" in rec:
-        return on is not None and Path(on).resolve() == Path(rec["folder"])
-    return on is not None and rec.get("split") == on and not Path(on).is_dir()
-
-
 def headline(evaluations: list):
     """The evaluation that stands for a run (oldest first in `evaluations`, each with its
     "evaluated_on" record): the latest held-out one, else the latest."""

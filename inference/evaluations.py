@@ -63,17 +63,12 @@ def target_args(on) -> list:
     return ["--images", str(Path(on).resolve())] if Path(on).is_dir() else ["--split", str(on)]
 
 
-def evaluate_command(run_dir, on=None, **options) -> str:
+def evaluate_command(run_dir, on=None) -> str:
     """The `luigi` command line that makes this evaluation (what `compare` tells the user)."""
-    ident = run_identity(run_dir)
-    extra = [f"--{k.replace('_', '-')} {v}" for k, v in options.items() if v is not None]
-    return " ".join(["luigi --module tasks Evaluate", *map(_quote, task_args(ident) + target_args(on)), *extra,
-                     "--colorize-work-dir", _quote(ident["work_dir"])])
-
-
-def _quote(arg: str) -> str:
     import shlex
-    return shlex.quote(arg)
+    ident = run_identity(run_dir)
+    args = task_args(ident) + target_args(on) + ["--colorize-work-dir", ident["work_dir"]]
+    return " ".join(["luigi --module tasks Evaluate", *map(shlex.quote, args)])
 
 
 def luigi_argv(runs_and_targets, temperature=DEFAULT_TEMPERATURE, gallery=4, device=None, workers=1) -> list:

@@ -3,9 +3,12 @@ measured on, the `compare` page, and the Sweep task; two finished config-102 run
 in lr, trained once for the module."""
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 import tasks
 from conftest import build, work_dir_settings, write_photo
@@ -122,6 +125,12 @@ def test_compare_writes_one_page_with_both_runs_curves_and_the_same_photos(runs_
     gallery = page[page.index('<table id="gallery">'):].split("</table>")[0]
     rows = gallery.split("<tr>")[2:]
     assert len(rows) == 2 and all(r.count("<img class='photo'") == 4 for r in rows)   # gray, A, B, truth
+    if shutil.which("chromium"):                     # optional: it renders in a headless browser
+        shot = tmp_path / "page.png"
+        subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+                        "--window-size=1300,2600", out.as_uri()], capture_output=True, timeout=180)
+        pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3)
+        assert len(np.unique(pixels, axis=0)) > 2000     # figures and photos drawn, not a blank page
     n_evals = [len(list(r.glob("eval-*"))) for r in (a, b)]
     assert main(["compare", str(a), str(b), "--on", str(photos), "--out", str(out), "--device", "cpu"]) == 0
     assert [len(list(r.glob("eval-*"))) for r in (a, b)] == n_evals == [1, 1]        # evaluated once
