@@ -162,6 +162,8 @@ def add_parser(sub) -> None:
 def cmd_evaluate(args) -> int:
     try:
         run_identity(args.model)
+        if args.on is not None and not Path(args.on).is_dir() and ("/" in args.on or Path(args.on).exists()):
+            raise RunFolderError(f"{args.on} is not a folder (nor a split name)")
     except RunFolderError as e:
         sys.stderr.write(f"{PROG}: error: {e}\n")
         return 2

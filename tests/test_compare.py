@@ -173,3 +173,9 @@ def test_sweep_2x2_trains_4_runs_builds_labels_once_and_writes_the_compare_page(
         ran.clear()
         build(sweep)
         assert ran.families() == []
+
+
+def test_cli_evaluate_says_a_missing_folder_is_not_one(two_runs, tmp_path, capsys):
+    run = two_runs[2][0]
+    assert main(["evaluate", "--model", str(run), str(tmp_path / "no-such-photos")]) == 2
+    assert f"{tmp_path / 'no-such-photos'} is not a folder" in capsys.readouterr().err
