@@ -24,11 +24,13 @@ from pathlib import Path
 
 import luigi
 from luigi.cmdline_parser import CmdlineParser
+from luigi.parameter import ParameterVisibility
 
+from inference.evaluated import check_same_gmm, describe_evaluation, evaluation_record
 from models.registry import ARCHITECTURES, DEFAULT_TEMPERATURE
 from pipeline import luigi_cmdline, luigi_summary  # noqa: F401  (one-line command-line errors; exit codes)
 from pipeline.atomic import write_text_atomic
-from pipeline.config import config_name, resolve_config
+from pipeline.config import ConfigError, config_name, resolve_config
 from pipeline.gmm import fit_gmm, load_gmm, save_gmm, uniform_grid
 from pipeline.luigi_params import ConfigNumberParameter, OverridesParameter, check_memory, check_named_task
 from pipeline.memory import shard_needs, training_needs
@@ -39,8 +41,10 @@ from pipeline.run_inputs import RunInputs
 from pipeline.samples import materialise_samples
 from pipeline.shards import ShardError, read_attrs
 from pipeline.signature import hash_strings, signature
-from pipeline.splits import list_nonempty_split
+from pipeline.splits import ALL_SPLIT, list_nonempty_split
 from pipeline.stage import MAX_SHARD_TASKS, ShardBatch, Stage, colorize, once, stage_of
+from pipeline.sweep import ConfigListParameter, OverridesGridParameter, expand_grid, parse_configs, parse_grid
+from pipeline.textures import generate_textures
 
 log = logging.getLogger("luigi-interface")
 luigi_summary.refuse_without_config()
@@ -224,6 +228,12 @@ class FitGMM(GMMParams):
 # ---------------------------------------------------------------- label shards
 class LabelParams(GMMParams):
     img_lowpass = luigi.IntParameter(default=8, description="f: blur sigma and downscale factor")
+    gmm_dataset = luigi.Parameter(default="", description="dataset root whose GMM labels these images "
+                                  "('' = dataset): a run's own GMM on a folder it never saw")
+    not_in_sig = ("dataset", "gmm_dataset")     # the GMM's signature is an input: it covers its sample
+
+    def gmm_task(self):
+        return self.clone(FitGMM, dataset=self.gmm_dataset or self.dataset)
 
     def label_dir(self) -> str:
         """labels/<binning>-k<K>-lp<f>-g<gmm sig>: one folder per label setting (then s<size>/)."""
@@ -471,22 +481,40 @@ globals().update({cls.__name__: cls for cls in TRAIN_TASKS.values()})
 
 # ---------------------------------------------------------------- evaluation and the demo
 class Evaluate(ConfigTask):
-    """Reads a trained run's best.pt (training it first if needed) and a split's Lab + label
-    shards: by default the run's own validation split (from its inputs.json), or --split (its
-    label shards built with the run's label settings); writes <run>/eval-<sig>/ (metrics.json,
-    report.html, auc.png, gallery/, the run's loss.png + iou.png; inference/evaluate.py)."""
+    """Reads a trained run's best.pt (training it first if needed) and the Lab + label shards
+    it is scored on: by default the run's own validation split (from its inputs.json), --split
+    of its dataset, or --images DIR: every image below DIR (that folder's 'all' split, its
+    shards cached like any split's and labelled with the run's GMM and label settings); writes
+    <run>/eval-<sig>/ (metrics.json with what was evaluated, report.html, auc.png, gallery/, the
+    run's loss.png + iou.png; inference/evaluate.py)."""
     arch = luigi.ChoiceParameter(choices=list(ARCHITECTURES), default="fcn16s")
     split = luigi.Parameter(default="", description="split to evaluate on ('' = the config's val_split)")
+    images = luigi.Parameter(default="", description="a folder of images to evaluate on instead of a "
+                                                     "split: every image file below it")
     temperature = luigi.FloatParameter(default=DEFAULT_TEMPERATURE, description="annealed-mean temperature")
     gallery = luigi.IntParameter(default=4, description="best and worst images shown in the report")
+    expect_run = luigi.Parameter(default="", significant=False, visibility=ParameterVisibility.PRIVATE,
+                                 description="the run folder this must score (colorize-fcn evaluate): "
+                                             "refuse to train another")
+    not_in_sig = ("dataset", "images")   # locations: the shard signatures cover the files
 
     @property
     def resources(self):               # the GPU its training task takes
-        return self.requires()["run"].resources
+        return self.train_task(self.arch).resources
 
+    @once
     def requires(self):
-        reqs = {"run": self.train_task(self.arch)}
-        if self.split:
+        run = self.train_task(self.arch)
+        if self.expect_run and run.run_dir().resolve() != Path(self.expect_run).resolve():
+            raise ConfigError(f"{self.expect_run} is not the run of config {self.config} as it is now "
+                              f"(that is {run.run_dir().name}): its config changed since it was trained")
+        if self.split and self.images:
+            raise ConfigError("give --split or --images, not both")
+        reqs = {"run": run}
+        if self.images:
+            reqs["split"] = LabelSplit.from_cfg(self.cfg, dataset=self.images, split=ALL_SPLIT,
+                                                gmm_dataset=self.dataset or self.settings.dataset)
+        elif self.split:
             reqs["split"] = LabelSplit.from_cfg(self.cfg, dataset=self.dataset, split=self.split)
         return reqs
 
@@ -502,22 +530,76 @@ class Evaluate(ConfigTask):
     def run(self):
         from inference.evaluate import evaluate_run
         from inference.report import metrics_table
-        run, split = self.requires()["run"], self.split or self.cfg["val_split"]
+        run, labels = self.requires()["run"], self.requires().get("split")
         inputs = RunInputs.load(run.run_dir())
-        pairs = self.requires()["split"].pairs() if self.split else inputs.val
+        split = self.split or self.cfg["val_split"]
+        pairs = labels.pairs() if labels else inputs.val
         gone = [path for pair in pairs for path in pair if not Path(path).is_file()]
         if gone:                       # the run is complete without its caches: gc may have removed them
             raise ShardError(f"{len(gone)} shard file(s) of the run's {split} split are gone (e.g. {gone[0]}; "
                              f"`colorize-fcn gc` removes caches of finished runs): rebuild them with "
                              f"`luigi --module tasks PrepareRun {self.command_line_args()}` and rerun")
+        if labels:
+            check_same_gmm(labels.gmm_task().output().path, inputs.gmm_arrays(), run.run_dir())
+        where = {"folder": str(Path(self.images).resolve())} if self.images else \
+            {"dataset": str(labels.root()) if labels else inputs.dataset, "split": split}
+        evaluated = evaluation_record(where, summarise_split(None, split, [lab for lab, _ in pairs]),
+                                      held_out=bool(self.images) or split != self.cfg["train_split"])
         metrics = evaluate_run(
             run.run_dir() / "best.pt", self.out_dir(), pairs, temperature=self.temperature,
-            n_gallery=self.gallery, device=self.settings.device,
-            info={"config": self.config, "overrides": dict(self.overrides), "arch": self.arch,
-                  "split": split, "dataset": inputs.dataset},
+            n_gallery=self.gallery, device=self.settings.device, evaluated_on=evaluated,
+            info={"config": self.config, "overrides": dict(self.overrides), "arch": self.arch, **where},
             on_image=self.progress_callback("evaluate"))
-        log.info("[evaluate] %s on %d %s images: %s\n%s", self.arch, metrics["n_images"], split,
-                 self.out_dir(), metrics_table(metrics))
+        log.info("[evaluate] %s on %s: %s\n%s", self.arch, describe_evaluation(evaluated), self.out_dir(),
+                 metrics_table(metrics))
+
+
+class Sweep(Stage):
+    """Trains and evaluates every combination of --configs x --overrides-grid (each on top of
+    --overrides): one Evaluate per combination, so runs train in parallel with several workers,
+    one per GPU through [resources], and runs with the same label settings share every Lab and
+    label shard (the same tasks); reads their metrics, logs and best.pt; writes
+    sweeps/sweep-<sig>/compare.html (inference/compare.py) on one evaluation set: --on, else
+    the first config's val split."""
+    configs = ConfigListParameter(description="config numbers, e.g. 14,32")
+    overrides = OverridesParameter(default={}, description="JSON dict of config keys every run changes")
+    overrides_grid = OverridesGridParameter(default="{}", description='JSON dict of lists, e.g. {"lr": [1e-5, 1e-6]}')
+    dataset = luigi.Parameter(default="", description="dataset root ('' = [colorize] dataset)")
+    arch = luigi.ChoiceParameter(choices=list(ARCHITECTURES), default="fcn32s")
+    on = luigi.Parameter(default="", description="split name or folder every run is scored on "
+                                                 "('' = the first config's val split)")
+    gallery = luigi.IntParameter(default=4, description="photos on the compare page")
+    not_in_sig = ("dataset", "on")       # the evaluations' signatures cover what they read
+
+    @once
+    def requires(self):
+        numbers, combos = parse_configs(self.configs), expand_grid(parse_grid(self.overrides_grid))
+        first = resolve_config(numbers[0], {**self.overrides, **combos[0]})
+        split = self.on or first["val_split"]
+        evals = []
+        for number in numbers:
+            for combo in combos:
+                ev = Evaluate(config=number, overrides={**self.overrides, **combo}, dataset=self.dataset,
+                              arch=self.arch, gallery=self.gallery)
+                if Path(split).is_dir():
+                    ev = ev.clone(images=split)
+                elif split != ev.cfg["val_split"]:
+                    ev = ev.clone(split=split)
+                evals.append(ev)
+        return evals
+
+    def output(self):
+        return luigi.LocalTarget(self.work_dir() / "sweeps" / f"sweep-{self.sig()}" / "compare.html")
+
+    def run(self):
+        from inference.compare import compare
+        runs = [ev.requires()["run"].run_dir() for ev in self.requires()]
+        on = self.on or self.requires()[0].cfg["val_split"]
+        code = compare(runs, on, self.output().path, self.gallery, evaluate=False, device=self.settings.device,
+                       log=log.info)
+        if code:
+            raise RuntimeError(f"the compare page of {len(runs)} runs was not written (exit {code})")
+        log.info("[sweep] %d runs compared: %s", len(runs), self.output().path)
 
 
 class SampleDataset(luigi.Task):
@@ -530,6 +612,22 @@ class SampleDataset(luigi.Task):
 
     def run(self):
         materialise_samples(self.dest)
+
+
+class TextureDataset(luigi.Task):
+    """Generates textures whose colour follows from the lightness (pipeline/textures.py); writes
+    <dest>/ (train/ and val/ PNGs + files_train/val.txt)."""
+    dest = luigi.Parameter(default="data/textures")
+    n_train = luigi.IntParameter(default=400)
+    n_val = luigi.IntParameter(default=100)
+    size = luigi.IntParameter(default=64, description="image side, px")
+    seed = luigi.IntParameter(default=0)
+
+    def output(self):
+        return luigi.LocalTarget(Path(self.dest) / "files_train.txt")
+
+    def run(self):
+        generate_textures(self.dest, self.n_train, self.n_val, self.size, self.seed)
 
 
 class Demo(luigi.Task):

@@ -36,7 +36,7 @@ from models.device import DEVICE_NAMES, check_device                        # no
 from models.registry import DECODERS, DEFAULT_DECODER, DEFAULT_TEMPERATURE
 from train.stop import EXIT_STOPPED, sigterm_interrupts
 
-from . import caches, runs, serve
+from . import caches, compare, evaluations, runs, serve
 
 PROG = "colorize-fcn"
 _MAX_LISTED = 20               # existing outputs named one per line before "... and N more"
@@ -267,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_colorize(sub)
+    evaluations.add_parser(sub)
+    compare.add_parser(sub)
     runs.add_parser(sub)
     caches.add_parser(sub)
     serve.add_parser(sub, _int_in, _device)

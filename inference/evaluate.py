@@ -44,6 +44,7 @@ from train.metrics import scores
 from train.visual import hstack
 
 from .api import load_colorizer
+from .evaluated import describe_evaluation
 from .metrics import (AUC_MAX, THRESHOLDS, accuracy_curve, ab_error, auc_percent, dumps, error_histogram,
                       mean_psnr, psnr)
 from .report import GALLERY_COLUMNS, upscale, write_report
@@ -150,17 +151,20 @@ def gallery_rows(colorizer, dataset, indices, temperature) -> list:
 
 
 def evaluate_run(checkpoint, out_dir, val_pairs, temperature=DEFAULT_TEMPERATURE, n_gallery: int = 4,
-                 device="auto", batch_size: int = 8, info=None, on_image=None) -> dict:
+                 device="auto", batch_size: int = 8, info=None, on_image=None, evaluated_on=None) -> dict:
     """Evaluate a checkpoint (a run's best.pt) on the (Lab shard, label shard) pairs; write
     out_dir atomically: metrics.json, report.html, auc.png, gallery/, loss.png + iou.png
-    (copied from the checkpoint's run folder).  Returns the metrics."""
+    (copied from the checkpoint's run folder).  evaluated_on: what the pairs hold
+    (inference.evaluated.evaluation_record), kept in metrics.json and said in the report.
+    Returns the metrics."""
     checkpoint = Path(checkpoint)
     model = load_colorizer(checkpoint, device)
     colorizer = model.colorizer
     dataset = ShardDataset(val_pairs, flip=False)
     try:
         if len(dataset) == 0:
-            raise ValueError("the evaluation split has no images")
+            raise ValueError("nothing to evaluate: every image was skipped"
+                             + (f" ({describe_evaluation(evaluated_on)})" if evaluated_on else ""))
         if dataset.n_classes != colorizer.n_classes:
             raise ValueError(f"label shards have K={dataset.n_classes}, the colorizer {colorizer.n_classes}")
         metrics = evaluate_images(colorizer, dataset, temperature, batch_size, on_image)
@@ -168,7 +172,7 @@ def evaluate_run(checkpoint, out_dir, val_pairs, temperature=DEFAULT_TEMPERATURE
         # the checkpoint as seen from the evaluation folder ("../best.pt" for a run's own): an
         # absolute path would name the old place of a moved or copied work folder
         metrics.update(checkpoint=os.path.relpath(checkpoint.resolve(), Path(out_dir).resolve()), mean_L=mean_L,
-                       device=str(model.device))
+                       device=str(model.device), evaluated_on=evaluated_on)
         info = {"run": checkpoint.parent.name, **(info or {}),
                 "mean_L": round(mean_L, 3), "device": str(model.device)}
         with atomic_path(out_dir) as tmp:

@@ -8,6 +8,7 @@ import numpy as np
 
 from models.decoders import DECODERS, DEFAULT_DECODER
 
+from .evaluated import describe_evaluation
 from .metrics import AUC_MAX, PSNR_CAP
 
 # left to right: the baseline, every decoder of the registry, the oracle, the truth
@@ -61,6 +62,13 @@ def metrics_table(metrics) -> str:
     return "\n".join(lines)
 
 
+def _evaluated(metrics, info) -> str:
+    """What the metrics were measured on, in words."""
+    if metrics.get("evaluated_on"):
+        return describe_evaluation(metrics["evaluated_on"])
+    return f"{metrics['n_images']} images of split '{info.get('split', '?')}'"
+
+
 def _html(metrics, info, gallery, figures) -> str:
     e = html.escape
     rows = []
@@ -76,7 +84,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}} img{{image-render
 .note{{color:#444;font-size:90%}}</style></head><body>
 <h1>Evaluation of {e(str(info.get('run', '')))}</h1>
 <table>{info_rows}</table>
-<h2>Metrics ({metrics['n_images']} images of split '{e(str(info.get('split', '?')))}', {metrics['image_size']}&times;{metrics['image_size']})</h2>
+<h2>Metrics on {e(_evaluated(metrics, info))}, {metrics['image_size']}&times;{metrics['image_size']}</h2>
 <table><tr><th>method</th><th>raw accuracy AuC (%)</th><th>PSNR (dB)</th><th>pixel acc.</th><th>mean IoU</th></tr>{rows}</table>
 <p class="note"><b>AuC</b>: per-pixel Euclidean a/b error in CIELab units; fraction of pixels with error
 &le; t for t = 0..150 (step 1); area under that curve (trapezoid rule) divided by 150, in %.

@@ -3,7 +3,8 @@
 A row comes from inputs.json (arch, config, dataset, the shards it trains on),
 config.json (the same when inputs.json is gone), log.csv (iterations done, best
 validation loss of an unfinished run), done.json (the finished run's figures) and
-<run>/eval-*/metrics.json (evaluation AuC).  Nothing here imports torch or opens a
+<run>/eval-*/metrics.json (evaluation AuC, and what it was measured on: the latest
+held-out evaluation -- a val split or a folder -- is shown, else the latest).  Nothing here imports torch or opens a
 checkpoint: `colorize-fcn runs` lists 300 runs in ~1.3 s here, start-up included.
 
 State of a run:
@@ -29,8 +30,10 @@ from train.best import CRITERIA, is_better
 
 from .disk import RESUME_CHECKPOINTS, disk_usage, human_size
 
+from .evaluated import describe_evaluation, headline
+
 EVAL_METHOD = "model/annealed"  # the AuC shown: the network's posteriors, annealed-mean decoder
-COLUMNS = ("arch", "config", "overrides", "dataset", "iterations", "best", "state", "auc", "size", "run")
+COLUMNS = ("arch", "config", "overrides", "dataset", "iterations", "best", "state", "auc", "auc_on", "size", "run")
 
 
 def default_work_dir() -> str:
@@ -139,14 +142,17 @@ def overrides_of(cfg: dict):
 
 
 def evaluations(run_dir) -> list:
-    """[{dir, temperature, n_images, auc (of EVAL_METHOD), written}] of <run>/eval-*/metrics.json,
+    """[{dir, temperature, n_images, auc (of EVAL_METHOD), evaluated_on (what it scored: split or
+    folder, inference.evaluated), on (that in short), written}] of <run>/eval-*/metrics.json,
     oldest first."""
     out = []
     for path in Path(run_dir).glob("eval-*/metrics.json"):
         try:
             m = json.loads(path.read_text())
+            rec = {k: v for k, v in (m.get("evaluated_on") or {}).items() if k != "skipped"} or None
             out.append({"dir": path.parent.name, "temperature": m.get("temperature"),
                         "n_images": m.get("n_images"), "auc": m["methods"][EVAL_METHOD]["auc"],
+                        "evaluated_on": rec, "on": describe_evaluation(rec, short=True),
                         "written": path.stat().st_mtime})
         except (OSError, ValueError, KeyError, TypeError):
             out.append({"dir": path.parent.name, "auc": None, "written": 0, "problem": "unreadable metrics.json"})
@@ -183,11 +189,18 @@ def read_run(run_dir) -> dict:
             "best_val_loss": best[0], "best_iteration": best[1], "val_split": cfg.get("val_split"),
             "validates_on_train": bool(cfg) and cfg.get("val_split") == cfg.get("train_split"),
             "finished": finished, "state": state,
-            "locked_by": holder, "auc": evals[-1]["auc"] if evals else None, "evaluations": evals,
+            "locked_by": holder, **_shown_evaluation(evals), "evaluations": evals,
             "init_checkpoint": inputs.get("init_checkpoint"), "problems": problems,
             "size_bytes": disk_usage(run_dir)[0],
             "resume_checkpoint_bytes": sum(disk_usage(run_dir / n)[0] for n in RESUME_CHECKPOINTS
                                            if (run_dir / n).is_file())}
+
+
+def _shown_evaluation(evals) -> dict:
+    """The AuC a row shows and what it was measured on: the latest held-out evaluation (a val
+    split or a folder), else the latest (inference.evaluated.headline)."""
+    shown = headline(evals)
+    return {"auc": shown["auc"] if shown else None, "auc_on": shown.get("on") if shown else None}
 
 
 def _last_iteration(rows) -> int:
@@ -213,6 +226,8 @@ def _cell(row, column) -> str:
         return "-" if not isinstance(loss, (int, float)) else f"{loss:.4f} @{row['best_iteration']} on {on}"
     if column == "auc":
         return "-" if not isinstance(row["auc"], (int, float)) else f"{row['auc']:.2f}"
+    if column == "auc_on":
+        return row["auc_on"] or "-"
     if column == "state":
         return row["state"] + (" !" if row["problems"] else "")
     if column == "size":
@@ -224,7 +239,7 @@ def _cell(row, column) -> str:
 def format_table(rows) -> str:
     header = {"arch": "ARCH", "config": "CONFIG", "overrides": "OVERRIDES", "dataset": "DATASET",
               "iterations": "ITER", "best": "BEST VAL @ITER ON SPLIT", "state": "STATE",
-              "auc": f"AUC {EVAL_METHOD}", "size": "SIZE", "run": "RUN"}
+              "auc": f"AUC {EVAL_METHOD}", "auc_on": "AUC ON", "size": "SIZE", "run": "RUN"}
     table = [[header[c] for c in COLUMNS]] + [[_cell(r, c) for c in COLUMNS] for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table)
@@ -236,8 +251,9 @@ def add_parser(sub) -> None:
                        description="One row per run folder under <work>/runs/: architecture, config "
                                    "number, overrides, dataset, iterations done/total, best validation "
                                    "loss, its iteration and split ('=train!': the run validates on its "
-                                   f"training photos, not held-out ones), state, evaluation AuC ({EVAL_METHOD}, %%), "
-                                   "size on disk (1000-based units).",
+                                   f"training photos, not held-out ones), state, evaluation AuC ({EVAL_METHOD}, %%) and "
+                                   "what it was measured on (split or folder, images: the latest held-out evaluation, "
+                                   "a val split or a folder, else the latest), size on disk (1000-based units).",
                        epilog="exit status: 0 listed (also when there are no runs), 2 bad arguments "
                               "or no such work dir")
     p.add_argument("--work-dir", default=None, help="default: luigi.cfg [colorize] work_dir")

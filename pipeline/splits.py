@@ -22,6 +22,14 @@ the image with the lowest hash moves to ``val``; with 2+ images and an empty
 ``train`` the one with the highest hash moves to ``train``; a single image
 is ``train``.
 
+Every image of a folder
+-----------------------
+The split ``all`` (`ALL_SPLIT`) of any root lists every image file below it,
+sorted (the plain-folder scan, whatever list files the root holds), unless
+the root has its own ``files_all.txt``.  It is how a folder of test photos is
+scored (``Evaluate --images DIR``): the folder is a dataset whose one split
+holds every image in it.
+
 Sample data
 """
 
@@ -40,6 +48,7 @@ from .atomic import write_text_atomic
 from .images import IMAGE_EXTENSIONS, is_image_name
 
 PLAIN_SPLITS = ("train", "val", "small")
+ALL_SPLIT = "all"        # every image file below the root (module docstring)
 PLAIN_SMALL_SIZE = 100   # images in a plain folder's 'small' split (a subset of val)
 PLAIN_VAL_FRACTION = 0.1
 
@@ -197,6 +206,8 @@ def list_split(root: str | os.PathLike, split: str) -> list[str]:
     root = _check_root(root)
     _check_split_name(split)
     lists = _split_lists(root)
+    if split == ALL_SPLIT and split not in lists:
+        return sorted(_iter_plain_images(root))
     if lists:
         if split not in lists:
             raise ValueError(
@@ -227,7 +238,7 @@ def list_nonempty_split(root: str | os.PathLike, split: str) -> list[str]:
     files = list_split(root, split)
     if not files:
         lists = _split_lists(Path(root))
-        where = lists[split] if split in lists else f"plain image folder {root}"
+        where = lists[split] if split in lists else f"image folder {root}"
         raise ValueError(f"split {split!r} is empty: {where} lists no images")
     return files
 

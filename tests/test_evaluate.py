@@ -9,13 +9,14 @@ import pytest
 import torch
 
 import tasks
-from conftest import build
+from conftest import build, write_photo
 from inference.api import load_colorizer
 from inference.evaluate import evaluate_images, gray_label
 from inference.metrics import (AUC_MAX, accuracy_curve, auc_percent, dumps, error_histogram, ab_error,
                                mean_psnr, psnr, raw_accuracy_auc)
 from models.decoders import upsample_posteriors
 from pipeline.color import lab_to_rgb, rgb_to_lab
+from pipeline.config import ConfigError
 from pipeline.labels import target_posteriors
 from pipeline.prior import cluster_prior, rebalance_weights
 from pipeline.run_inputs import RunInputs
@@ -287,3 +288,57 @@ def test_evaluate_of_a_run_whose_val_shards_are_gone_says_how_to_rebuild_them(wo
     build(tasks.PrepareRun(**args))
     assert gone.read_bytes() == shard
     build(ev)
+
+
+# ----------------------------------------------------------------------------- Evaluate --images
+def _test_folder(root, n):
+    """n colour photos the dataset never held (two in a subfolder), an empty and an undecodable file."""
+    for i in range(n):
+        write_photo(root / ("sub/" if i < 2 else "") / f"t{i}.png", seed=100 + i)
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "broken.png").write_bytes(b"not an image at all")
+    return root
+
+
+def test_evaluate_images_scores_every_image_of_a_folder_with_the_runs_gmm(work, photo_dataset, tmp_path, ran):
+    """--images DIR: every image below DIR (list files or not) is scored with the run's GMM and
+    label settings; bad files are counted with reasons; the record says what was evaluated; a
+    changed folder rebuilds only the Lab shards that hold changed files."""
+    folder = _test_folder(tmp_path / "test-photos", 5)
+    (folder / "files_train.txt").write_text("t2.png\n")          # a list file does not narrow 'all'
+    over = {"max_iteration": 4, "interval_validate": 2}
+    args = dict(config=CFG, overrides=over, dataset=str(photo_dataset), arch="fcn32s", gallery=1)
+    ev = tasks.Evaluate(**args, images=str(folder))
+    build(ev)
+    metrics = json.loads(Path(ev.output().path).read_text())
+    rec = metrics["evaluated_on"]
+    assert metrics["n_images"] == 5 and rec["n_images"] == 5 and rec["folder"] == str(folder.resolve())
+    assert rec["n_skipped"] == 2 and rec["skip_reasons"] == {"empty": 1, "undecodable": 1}, rec
+    assert sorted(s[0] for s in rec["skipped"]) == ["broken.png", "empty.jpg"] and rec["held_out"] is True
+    assert sorted(p["path"] for p in metrics["per_image"]) == ["sub/t0.png", "sub/t1.png", "t2.png", "t3.png",
+                                                                "t4.png"]
+    assert "folder test-photos (5 images, 2 skipped: " in (ev.out_dir() / "report.html").read_text()
+    labels = ev.requires()["split"]                               # the run's own GMM, not one of the folder
+    run_labels = tasks.LabelSplit.from_cfg(ev.cfg, dataset=str(photo_dataset), split="val")
+    assert labels.gmm_task().sig() == run_labels.gmm_task().sig() and labels.label_dir() == run_labels.label_dir()
+    assert ran.count("FitGMM") == 1 and ran.count("TrainFCN32s") == 1
+    lab_dir = work / "lab" / "s32"
+    before = {p.name for p in lab_dir.glob("*.h5")}
+    write_photo(folder / "t5.png", seed=105)                      # the folder changes: one more photo
+    ran.clear()
+    ev2 = tasks.Evaluate(**args, images=str(folder))
+    build(ev2)
+    new = {p.name for p in lab_dir.glob("*.h5")} - before
+    assert json.loads(Path(ev2.output().path).read_text())["n_images"] == 6 and ev2.out_dir() != ev.out_dir()
+    n_shards = len(ev2.requires()["split"].requires()["lab"].plans)
+    assert 1 <= len(new) < n_shards and ran.count("TrainFCN32s") == 0 and ran.count("FitGMM") == 0, (new, n_shards)
+
+
+def test_evaluate_refuses_split_and_images_together_and_an_empty_folder(work, photo_dataset, tmp_path):
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    args = dict(config=CFG, dataset=str(photo_dataset), arch="fcn32s")
+    with pytest.raises(ConfigError, match="--split or --images, not both"):
+        tasks.Evaluate(**args, split="val", images=str(empty)).requires()
+    with pytest.raises(ValueError, match=r"split 'all' is empty: image folder .*nothing lists no images"):
+        tasks.Evaluate(**args, images=str(empty)).requires()["split"].requires()
