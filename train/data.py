@@ -30,8 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pipeline.shards import ShardError, decode_lab
-
-from .stop import quiet_worker
+from train.stop import quiet_worker      # absolute: bench/many_shards.py loads this file on its own
 
 #: Shards a shuffled epoch reads from at a time (EpochSampler, shard_local_order).  Larger mixes
 #: each stretch of samples over more shards, at the cost of more open files per process.
