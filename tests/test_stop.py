@@ -176,7 +176,8 @@ class Numbers(torch.utils.data.Dataset):
     def __len__(self): return 8
     def __getitem__(self, i): return torch.tensor(i)
 loader = make_loader(Numbers(), 2, False, 2, 0)
-next(iter(loader))
+batches = iter(loader)
+next(batches), next(batches)            # one batch from each worker: both have run worker_init_fn
 print(*[w.pid for w in loader._iterator._workers], flush=True)
 time.sleep(60)
 """
