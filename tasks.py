@@ -26,7 +26,7 @@ import luigi
 from luigi.cmdline_parser import CmdlineParser
 from luigi.parameter import ParameterVisibility
 
-from inference.evaluated import check_same_gmm, describe_evaluation, evaluation_record
+from inference.evaluated import as_target, check_same_gmm, describe_evaluation, evaluation_record
 from models.registry import ARCHITECTURES, DEFAULT_TEMPERATURE
 from pipeline import luigi_cmdline, luigi_summary  # noqa: F401  (one-line command-line errors; exit codes)
 from pipeline.atomic import write_text_atomic
@@ -575,14 +575,14 @@ class Sweep(Stage):
     def requires(self):
         numbers, combos = parse_configs(self.configs), expand_grid(parse_grid(self.overrides_grid))
         first = resolve_config(numbers[0], {**self.overrides, **combos[0]})
-        split = self.on or first["val_split"]
+        split = as_target(self.on) if self.on else first["val_split"]   # a folder only when --on names one
         evals = []
         for number in numbers:
             for combo in combos:
                 ev = Evaluate(config=number, overrides={**self.overrides, **combo}, dataset=self.dataset,
                               arch=self.arch, gallery=self.gallery)
-                if Path(split).is_dir():
-                    ev = ev.clone(images=split)
+                if isinstance(split, Path):
+                    ev = ev.clone(images=str(split))
                 elif split != ev.cfg["val_split"]:
                     ev = ev.clone(split=split)
                 evals.append(ev)
@@ -594,7 +594,7 @@ class Sweep(Stage):
     def run(self):
         from inference.compare import compare
         runs = [ev.requires()["run"].run_dir() for ev in self.requires()]
-        on = self.on or self.requires()[0].cfg["val_split"]
+        on = as_target(self.on) if self.on else self.requires()[0].cfg["val_split"]
         code = compare(runs, on, self.output().path, self.gallery, evaluate=False, device=self.settings.device,
                        log=log.info)
         if code:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from models.registry import DEFAULT_TEMPERATURE
 
-from .evaluated import describe_evaluation
+from .evaluated import as_target, describe_evaluation
 from .evaluations import PROG, RunFolderError, evaluate_command, evaluate_runs, find_evaluation, run_identity
 
 MODEL = "model/annealed"       # the curve and the gallery's ranking
@@ -209,7 +209,7 @@ def add_parser(sub) -> None:
 def compare(runs, on=None, out="compare.html", n_gallery=4, evaluate=True, device=None, log=print) -> int:
     """Write the page; the exit code (module docstring of inference.cli: 0, 1, 2, 30, 35)."""
     idents = [run_identity(r) for r in runs]
-    on = on if on is not None else idents[0]["cfg"]["val_split"]
+    on = as_target(on) if on is not None else idents[0]["cfg"]["val_split"]   # the first run's split
     missing = [r for r in runs if find_evaluation(r, on, DEFAULT_TEMPERATURE) is None]
     if missing and not evaluate:
         for r in missing:

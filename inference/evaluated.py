@@ -59,3 +59,13 @@ def check_same_gmm(gmm_path, run_gmm: dict, run_dir) -> None:
            for k in ("weights", "means", "covariances")):
         raise ValueError(f"the GMM of {run_dir}'s dataset as it is now ({gmm_path}) is not the one the run "
                          f"trained with (its dataset changed since): its labels cannot score this run")
+
+
+def as_target(on):
+    """What a user's SPLIT|DIR names: None, a folder (an existing directory: its absolute Path)
+    or a split name (str).  Decided once, where the user's value comes in: a split name the code
+    derives (a config's val_split, e.g. 'train') stays a split even where a folder of that name
+    lies in the current directory (the repository's own train/)."""
+    if on is None or isinstance(on, Path):
+        return on
+    return Path(on).resolve() if Path(on).is_dir() else str(on)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from models.registry import DEFAULT_TEMPERATURE
 
-from .evaluated import describe_evaluation
+from .evaluated import as_target, describe_evaluation
 from .runs import overrides_of
 
 PROG = "colorize-fcn"
@@ -57,10 +57,10 @@ def task_args(ident: dict) -> list:
 
 
 def target_args(on) -> list:
-    """--images DIR for an existing folder, --split NAME for a split name, nothing for None."""
+    """--images DIR for a folder (as_target), --split NAME for a split name, nothing for None."""
     if on is None:
         return []
-    return ["--images", str(Path(on).resolve())] if Path(on).is_dir() else ["--split", str(on)]
+    return ["--images", str(on)] if isinstance(on, Path) else ["--split", str(on)]
 
 
 def evaluate_command(run_dir, on=None) -> str:
@@ -118,8 +118,8 @@ def matches(rec: dict, ident: dict, on) -> bool:
     of this run (the split of the run's own dataset)."""
     if not rec:
         return False
-    if on is not None and Path(on).is_dir():
-        return "folder" in rec and Path(rec["folder"]) == Path(on).resolve()
+    if isinstance(on, Path):
+        return "folder" in rec and Path(rec["folder"]) == on
     split = ident["cfg"].get("val_split") if on is None else on
     return "split" in rec and rec["split"] == split and \
         Path(rec.get("dataset", "")).resolve() == Path(ident["dataset"]).resolve()
@@ -167,12 +167,13 @@ def cmd_evaluate(args) -> int:
     except RunFolderError as e:
         sys.stderr.write(f"{PROG}: error: {e}\n")
         return 2
+    on = as_target(args.on)
     options = dict(temperature=args.temperature, gallery=args.gallery)
-    code = evaluate_runs([(args.model, args.on)], device=args.device, **options)
+    code = evaluate_runs([(args.model, on)], device=args.device, **options)
     if code:
         sys.stderr.write(f"{PROG}: error: the evaluation did not finish (exit {code}); the lines above say why\n")
         return code
-    found = find_evaluation(args.model, args.on, args.temperature)
+    found = find_evaluation(args.model, on, args.temperature)
     if found is None:               # the task succeeded, so its output exists: a bug if this is reached
         sys.stderr.write(f"{PROG}: error: no evaluation of {args.model} on {args.on or 'its val split'} found\n")
         return 30

@@ -31,6 +31,7 @@ from functools import lru_cache
 
 from .config import ConfigError
 from .preprocess import LABEL_BATCH
+from .shards import LAB_BYTES_PER_PIXEL
 
 # (number of convs, channels at width 1) for the five VGG16 blocks
 VGG16_BLOCKS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
@@ -149,7 +150,6 @@ def loader_bytes(cfg: dict) -> int:
 
 # -------------------------------------------------------------------------- shards and the GMM
 SHARD_IMAGES = 4               # a shard holds at most 4 x shard_size images (pipeline/plan.py)
-LAB_BYTES_PER_PIXEL = 6        # int16 L, a, b (pipeline/shards.py LAB_SCALE fixed point)
 POSTERIOR_BYTES = 2            # float16 posteriors
 LABEL_BATCH_MAPS = 6           # float32 K x s x s maps alive per image of a LABEL_BATCH batch
 SHARD_RUNTIME = 200 << 20      # python, numpy, h5py, PIL and one decoded source image

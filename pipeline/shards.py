@@ -35,6 +35,8 @@ _STR = h5py.string_dtype("utf-8")
 L_SCALE = 255 / 100
 #: Written to every Lab shard's attrs; readers check the arrays' dtypes (decode_L, decode_ab).
 LAB_LAYOUT = "L uint8 x2.55, ab int8"
+#: Bytes per pixel of a Lab shard's arrays, uncompressed: uint8 L + int8 a + int8 b.
+LAB_BYTES_PER_PIXEL = 3
 #: The a/b planes' compression unless [colorize] lab_compression says otherwise.
 LAB_COMPRESSION = "szip"
 

@@ -79,7 +79,9 @@ def photos4(tmp_path_factory):
 
 
 def _best_by_cfg(best_by):
-    return _cfg(max_iteration=8, interval_validate=2, best_by=best_by)
+    # seed 2: the validation loss falls to the end (best at 8) while the mean IoU tops out at 6
+    # and only equals it at 8, so the two criteria pick different checkpoints
+    return _cfg(max_iteration=8, interval_validate=2, best_by=best_by, seed=2)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from PIL import Image
 import tasks
 from conftest import build, work_dir_settings, write_photo
 from inference.cli import main
+from inference.disk import human_size
 from inference.runs import list_runs
 
 OVER = {"max_iteration": 4, "interval_validate": 2}
@@ -95,7 +96,8 @@ def test_runs_shows_what_each_auc_was_measured_on_and_prefers_held_out(runs_copy
     table = capsys.readouterr().out.splitlines()
     assert "AUC ON" in table[0]
     line = next(x for x in table if x.endswith(run.name))
-    assert line.split()[-4:] == [f"{r['auc']:.2f}", "val", "(3)", run.name]
+    assert line.split()[-6:-2] == [f"{r['auc']:.2f}", "val", "(3)", human_size(r["size_bytes"]).split()[0]]
+    assert line.split()[-1] == run.name                      # ... AUC, AUC ON, SIZE, RUN
     assert main(["runs", "--work-dir", str(work), "--json"]) == 0
     as_json = {x["run"]: x for x in json.loads(capsys.readouterr().out)}
     assert as_json[run.name]["auc_on"] == "val (3)"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import tasks
-from conftest import build, make_photo_dataset, work_dir_settings
+from conftest import build, make_photo_dataset, work_dir_settings, write_photo
 from pipeline.config import SCHEMA, ConfigError, resolve_config
 from pipeline.gmm import load_gmm
 from pipeline.stage import ShardBatch, Stage
@@ -32,7 +32,7 @@ CFG_NOT_IN_SIG = {
 }
 # other values for the parameters that are not config keys
 OTHER = {"split": "tiny", "arch": "fcn8s", "temperature": 0.5, "gallery": 2, "config": 101,
-         "overrides": {"lr": 1e-4}}
+         "overrides": {"lr": 1e-4}, "configs": "101", "overrides_grid": '{"lr": [0.001]}', "on": "tiny"}
 # other values for string config keys, the first one the schema accepts (split names first:
 # any name passes the schema, but only these splits exist in the dataset)
 STRINGS = ("tiny", "val", "adam", "sgd", "soft", "uniform", "mean_k", "sum_k", "val_loss", "mean_iou", "one",
@@ -77,6 +77,7 @@ def _stages(ds):
              "Evaluate": tasks.Evaluate(config=CONFIG, dataset=ds)}
     for name, cls in tasks.TRAIN_TASKS.items():
         found[cls.__name__] = cls(config=CONFIG, dataset=ds)
+    found["Sweep"] = tasks.Sweep(configs=str(CONFIG), dataset=ds)
     return found
 
 
@@ -84,6 +85,11 @@ def _stages(ds):
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("sigs")
     with work_dir_settings(root / "work"):
+        # another dataset (one train photo differs) for gmm_dataset: the labels' GMM is its
+        other = make_photo_dataset(root / "others")
+        write_photo(other / "train" / "p00.png", seed=99)
+        OTHER["gmm_dataset"] = str(other)
+        OTHER["images"] = str(other / "val")      # Evaluate --images: a folder of photos
         yield make_photo_dataset(root / "photos")
 
 
