@@ -24,7 +24,7 @@ REFUSED = [  # (task, --overrides, what its one line says)
     ("Evaluate", '{"width": 4, "im_size": 1024, "batch_size": 65536}',      # FCN-16s and the 32s it starts from
      r"config 102 with overrides: a training step of fcn16s needs about [\d.]+ GB, " + ANY_MEMORY),
     ("PrepareRun", '{"shard_size": 65536, "im_size": 4096}',
-     r"config 102 with overrides: building a Lab shard needs about 52776[\d.]+ GB, more than this machine's "
+     r"config 102 with overrides: building a Lab shard needs about 26388[\d.]+ GB, more than this machine's "
      r"[\d.]+ GB of RAM; lower shard_size or im_size$"),
     ("PrepareRun", '{"gmm_images": 2000000, "gmm_pixels": 65536}',
      r"config 102 with overrides: the GMM fit needs about [\d.]+ GB, more than this machine's [\d.]+ GB of RAM; "
