@@ -20,7 +20,7 @@ import torch
 from test_train import PHOTOS, _build_shards, _cfg, _inputs
 from train.checkpoint import load_checkpoint, save_checkpoint
 from train.fit import fit
-from train.stop import EXIT_STOPPED, StopRequest, TrainingStopped, stop_signals
+from train.stop import EXIT_STOPPED, StopRequest, TrainingStopped, quiet_worker, stop_signals
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = lambda *a: None  # noqa: E731
@@ -240,3 +240,31 @@ def test_colorize_interrupted_says_how_many_were_written_and_skip_existing_finis
     monkeypatch.setattr(ImageColorizer, "predict_ab", real)
     assert main(args + ["--skip-existing"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [f"p{i}.png" for i in range(5)]
+
+
+def _quiet_sleeper(queue):
+    quiet_worker()
+    queue.put(os.getpid())
+    time.sleep(60)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_quiet_worker_ignores_others_sigterm_but_ends_on_its_parents():
+    """A worker that ignored its parent's terminate() hung pytest at exit: multiprocessing's exit
+    handler terminates daemonic children and then waits for them."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_quiet_sleeper, args=(queue,), daemon=True)
+    proc.start()
+    try:
+        assert queue.get(timeout=30) == proc.pid
+        subprocess.run(["kill", "-TERM", str(proc.pid)], check=True)      # another process's SIGTERM
+        time.sleep(0.5)
+        assert proc.is_alive()
+        proc.terminate()                                                   # the parent's
+        proc.join(10)
+        assert proc.exitcode == 0
+    finally:
+        if proc.is_alive():
+            proc.kill()

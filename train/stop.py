@@ -100,9 +100,26 @@ def sigterm_interrupts():
 
 
 def quiet_worker() -> None:
-    """In a DataLoader worker: ignore stop signals and die with the parent (module docstring)."""
+    """In a DataLoader worker: ignore stop signals and die with the parent (module docstring).
+    A SIGTERM from the parent itself still ends the worker: the loader's shutdown and
+    multiprocessing's exit handler terminate() their workers and then wait for them, so a
+    worker that ignored it would hang its parent forever.  SIGTERM is blocked and a thread
+    reads each one with its sender (sigwaitinfo): from the parent, exit; from anyone else
+    (a cluster's SIGTERM to every process of the job), ignore, as Ctrl-C is."""
     for s in SIGNALS:
-        signal.signal(s, signal.SIG_IGN)
+        if s != signal.SIGTERM:
+            signal.signal(s, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)        # blocked below: an ignored one is discarded
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=_end_on_parents_sigterm, name="parent-sigterm", daemon=True).start()
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _end_on_parents_sigterm() -> None:
+    """quiet_worker's thread: exit on a SIGTERM sent by the parent process, ignore others."""
+    while True:
+        info = signal.sigwaitinfo({signal.SIGTERM})
+        if info.si_pid == os.getppid():
+            os._exit(0)
