@@ -14,6 +14,7 @@ and threaded server, with our own bounds on the request body.  Uploads live in m
 only (inference/serve_store.py): no request reads or writes a file.
 """
 import json
+import os
 import signal
 import socket
 import sys
@@ -172,9 +173,12 @@ def start_server(app, host="127.0.0.1", port=0):
 
 
 def serve_until_stopped(server, on_stop=None) -> None:
-    """Serve until Ctrl-C or SIGTERM, then close the socket.  Call it from the main thread of a
-    process that leaves afterwards: the first signal stops the server and later ones are
-    ignored, so that a second Ctrl-C cannot interrupt the exit with a traceback."""
+    """Serve until Ctrl-C or SIGTERM, close the socket, then end the process with status 0.
+    Call it from the main thread: the first signal stops the server and later ones are
+    ignored, so that a second Ctrl-C cannot interrupt the exit with a traceback.  The process
+    ends with os._exit, without the interpreter's teardown: torch's native thread pools can
+    abort a teardown ("terminate called without an active exception", exit -6, seen once in
+    CI), and a server has nothing to save but what it has printed, which is flushed first."""
     def stop(signum, frame):
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
@@ -187,5 +191,8 @@ def serve_until_stopped(server, on_stop=None) -> None:
         pass
     finally:
         server.server_close()
-        if on_stop:
-            on_stop()
+    if on_stop:
+        on_stop()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
