@@ -572,20 +572,30 @@ class Sweep(Stage):
     not_in_sig = ("dataset", "on")       # the evaluations' signatures cover what they read
 
     @once
+    def combinations(self) -> list:
+        """[(config number, overrides)] in --configs x --overrides-grid order."""
+        combos = expand_grid(parse_grid(self.overrides_grid))
+        return [(n, {**self.overrides, **c}) for n in parse_configs(self.configs) for c in combos]
+
+    @once
+    def target(self):
+        """What every run is scored on: --on (a folder only when it names one), else the first
+        combination's val split."""
+        if self.on:
+            return as_target(self.on)
+        return resolve_config(*self.combinations()[0])["val_split"]
+
+    @once
     def requires(self):
-        numbers, combos = parse_configs(self.configs), expand_grid(parse_grid(self.overrides_grid))
-        first = resolve_config(numbers[0], {**self.overrides, **combos[0]})
-        split = as_target(self.on) if self.on else first["val_split"]   # a folder only when --on names one
-        evals = []
-        for number in numbers:
-            for combo in combos:
-                ev = Evaluate(config=number, overrides={**self.overrides, **combo}, dataset=self.dataset,
-                              arch=self.arch, gallery=self.gallery)
-                if isinstance(split, Path):
-                    ev = ev.clone(images=str(split))
-                elif split != ev.cfg["val_split"]:
-                    ev = ev.clone(split=split)
-                evals.append(ev)
+        split, evals = self.target(), []
+        for number, overrides in self.combinations():
+            ev = Evaluate(config=number, overrides=overrides, dataset=self.dataset, arch=self.arch,
+                          gallery=self.gallery)
+            if isinstance(split, Path):
+                ev = ev.clone(images=str(split))
+            elif split != ev.cfg["val_split"]:
+                ev = ev.clone(split=split)
+            evals.append(ev)
         return evals
 
     def output(self):
@@ -594,8 +604,7 @@ class Sweep(Stage):
     def run(self):
         from inference.compare import compare
         runs = [ev.requires()["run"].run_dir() for ev in self.requires()]
-        on = as_target(self.on) if self.on else self.requires()[0].cfg["val_split"]
-        code = compare(runs, on, self.output().path, self.gallery, evaluate=False, device=self.settings.device,
+        code = compare(runs, self.target(), self.output().path, self.gallery, evaluate=False, device=self.settings.device,
                        log=log.info)
         if code:
             raise RuntimeError(f"the compare page of {len(runs)} runs was not written (exit {code})")

@@ -15,7 +15,7 @@ and make_loader with loader worker processes and pinned memory, as fit() does.  
 shard list is repeated so that no epoch ends inside a combination.  The shards sit in
 the page cache: reads from a real disk or network file system can only add data wait.
 
-A step is train.fit.train_one_epoch's own, with the combination as the config keys
+A step is train.steps.train_one_epoch's own, with the combination as the config keys
 precision and channels_last: batch to the device, forward under autocast (bf16) or not
 (fp32), kl_loss with argmax labels, zero_grad, backward, Adam step, confusion matrix update
 on the device, the loss read back every LOG_EVERY steps -- then torch.cuda.synchronize (the
@@ -62,7 +62,7 @@ from pipeline.gmm import fit_gmm  # noqa: E402
 from pipeline.preprocess import build_label_shard, build_lab_shard, gmm_features, mean_lightness  # noqa: E402
 from train.data import ShardDataset, make_loader  # noqa: E402
 from train.metrics import ConfusionMeter  # noqa: E402
-from train.fit import TrainState, make_optimizer, train_one_epoch  # noqa: E402
+from train.steps import TrainState, make_optimizer, train_one_epoch  # noqa: E402
 
 CONFIG = 14                 # experiment config whose sizes and optimiser are measured
 GOAL = 800                  # img/s for the headline combination on one H200
@@ -174,7 +174,7 @@ class _TimedIterator:
 
 def run_combination(combo, pairs, mean_L, gmm, cfg, args, device):
     """Train `combo` for warm-up + timed steps with the trainer's own step
-    (train.fit.train_one_epoch); return its table row (a dict)."""
+    (train.steps.train_one_epoch); return its table row (a dict)."""
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     warmup = args.warmup + PREFETCH * combo["workers"]   # drain the queue filled during step 1

@@ -1,8 +1,8 @@
 """pipeline/memory.py's training-step estimate next to the measured peak RSS of real CPU steps.
 
 Each point runs in a fresh process (so one point's peak cannot hide another's): it imports
-torch, builds the FCN with models.registry, the optimiser with train.fit.make_optimizer,
-and runs --steps steps of train.fit.train_one_epoch (what fit runs between validations)
+torch, builds the FCN with models.registry, the optimiser with train.steps.make_optimizer,
+and runs --steps steps of train.steps.train_one_epoch (what fit runs between validations)
 on random lightness and softmax targets made as they are consumed (the loader's batches
 are loader_bytes, apart); its peak is resource.getrusage's ru_maxrss.  The
 estimate is pipeline.memory.training_step_bytes for the same settings on 'cpu'.  torch
@@ -40,7 +40,7 @@ import resource, sys, torch
 sys.path.insert(0, {repo!r})
 torch.set_num_threads(1)
 from models.registry import build_network
-from train.fit import TrainState, make_optimizer, train_one_epoch
+from train.steps import TrainState, make_optimizer, train_one_epoch
 from train.metrics import ConfusionMeter
 cfg = {cfg!r}
 torch.manual_seed(0)

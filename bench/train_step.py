@@ -1,4 +1,4 @@
-"""Trainer overhead: train.fit.train_one_epoch vs a bare PyTorch loop, same model and data.
+"""Trainer overhead: train.steps.train_one_epoch vs a bare PyTorch loop, same model and data.
 
 Setup: a small FCN-32s (width 1/8, K=16) on 64x64 inputs, batch 4; Lab + label shards
 built from generated ImageNet-like JPEGs (im_size 64, low-pass 8 -> 8x8 targets).
@@ -22,7 +22,7 @@ extra with --fit.
 host_reads_per_step: calls that move a tensor value to Python (.item(), .tolist(), .cpu(),
 .numpy(), float(t), int(t), bool(t), format(t), np.asarray(t)) made by the project's code
 during ours' timed steps, per step; goal <= 0.1 at fit's default log interval (a read-back
-every train.fit.LOG_EVERY = 10 steps).  Each one is a host sync on a GPU.  Not counted: torch's
+every train.steps.LOG_EVERY = 10 steps).  Each one is a host sync on a GPU.  Not counted: torch's
 own internals (e.g. Adam reading its CPU step counters, which never wait for the GPU), the
 loader's host-side batch preparation (train/data.py: its tensors are on the host before
 they go to the device) and this script's bare side.
@@ -57,7 +57,7 @@ from pipeline.synthetic import generate_imagenet_like  # noqa: E402
 from pipeline.gmm import fit_gmm  # noqa: E402
 from pipeline.preprocess import build_label_shard, build_lab_shard, gmm_features, mean_lightness  # noqa: E402
 from train.data import ShardDataset, make_loader  # noqa: E402
-from train.fit import LOG_EVERY, TrainState, make_optimizer, train_one_epoch  # noqa: E402
+from train.steps import LOG_EVERY, TrainState, make_optimizer, train_one_epoch  # noqa: E402
 from train.loss import kl_loss  # noqa: E402
 from train.metrics import ConfusionMeter  # noqa: E402
 

@@ -21,7 +21,9 @@ from models.device import resolve_device
 from pipeline.run_inputs import RunInputs
 from train.checkpoint import load_checkpoint, save_checkpoint
 from train.data import EpochSampler, ShardDataset, make_loader
-from train.fit import TrainState, evaluate, fit, is_better, train_one_epoch
+from train.best import is_better
+from train.fit import fit
+from train.steps import TrainState, evaluate, train_one_epoch
 from train.loss import kl_loss
 from train.metrics import ConfusionMeter, confusion_matrix, scores
 from train.rng import rng_states, seed_everything, set_rng_states

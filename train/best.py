@@ -12,7 +12,7 @@ CRITERIA = {"val_loss": ("loss", -1), "mean_iou": ("mean_iu", +1)}
 
 
 def best_score(row: dict, best_by: str) -> float:
-    """The value of validation `row` (train.fit.evaluate's dict) that best_by compares."""
+    """The value of validation `row` (train.steps.evaluate's dict) that best_by compares."""
     if best_by not in CRITERIA:
         raise ValueError(f"best_by must be one of {sorted(CRITERIA)}, got {best_by!r}")
     return row[CRITERIA[best_by][0]]

@@ -39,7 +39,7 @@ Semantics (see also train/fit.py):
   output       rank 0 alone writes the run folder (config.json, log.csv, tb/, tiles/,
                checkpoint.pt, best.pt, plots, summary.json, done.json).
   stop         SIGINT/SIGTERM (torchrun forwards them to every rank): the ranks agree at the
-               next loss read-back (every train.fit.LOG_EVERY steps) and stop together at
+               next loss read-back (every train.steps.LOG_EVERY steps) and stop together at
                that iteration, rank 0 writes checkpoint.pt, and every rank exits with
                train.stop.EXIT_STOPPED (75) (torchrun itself exits 1, reporting the
                signal); a second signal ends a rank at once.
