@@ -34,7 +34,7 @@ import sys
 
 from models.device import DEVICE_NAMES, check_device                        # no torch: --help stays fast
 from models.registry import DECODERS, DEFAULT_DECODER, DEFAULT_TEMPERATURE
-from train.stop import EXIT_STOPPED, sigterm_interrupts
+from pipeline.signals import EXIT_STOPPED, sigterm_interrupts
 
 from . import caches, compare, evaluations, runs, serve
 

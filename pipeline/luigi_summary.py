@@ -15,7 +15,8 @@ run(), a worker process that died -- is logged once, as it happens, as one line
 `colorize-fcn: error: <Task>: <Type>: <message>` on the "colorize-fcn" logger; Luigi logs
 the traceback.  A bad command-line value ends the command before any work with the
 scheduling_error exit code and one such line (bad_command_line).  A training task stopped by
-a signal ends the command with its own code (train.stop.EXIT_STOPPED), after one line.
+a signal ends the command with its own code (train.stop.TrainingStopped), after one line;
+Ctrl-C or SIGTERM in any other stage ends it with pipeline.signals.EXIT_STOPPED, after one line.
 """
 import logging
 import sys
@@ -28,6 +29,7 @@ import luigi.retcodes
 from luigi.cmdline_parser import CmdlineParser
 
 from .builds import end_builds, mark_build
+from .signals import EXIT_STOPPED, sigterm_interrupts
 
 ERROR_LOGGER = "colorize-fcn"
 _errors = logging.getLogger(ERROR_LOGGER)
@@ -157,16 +159,23 @@ _luigi_schedule_and_run = luigi.interface._schedule_and_run
 
 
 def _schedule_and_run(*args, **kwargs):
-    """A task stopped by a signal with its work saved raises a KeyboardInterrupt carrying an
-    exit_code (train.stop.TrainingStopped, after printing its one line): the command ends
-    with that code, without a traceback.  (luigi.interface._run looks this name up when it
-    runs, after `--module tasks` has imported this module.)"""
+    """Ctrl-C or SIGTERM stops the command without a traceback, with EXIT_STOPPED.  A training
+    task saves a checkpoint first and raises a KeyboardInterrupt carrying its exit_code, after
+    printing its one line (train.stop.TrainingStopped).  Any other stage just stops: its
+    outputs are written atomically, so what it finished is kept, what it was writing is a
+    temporary the next run removes, and the same command goes on from there (one line says
+    so).  (luigi.interface._run and luigi.build look this name up when they run, after
+    `--module tasks` has imported this module.)"""
     try:
-        return _luigi_schedule_and_run(*args, **kwargs)
+        with sigterm_interrupts():
+            return _luigi_schedule_and_run(*args, **kwargs)
     except KeyboardInterrupt as e:
-        if getattr(e, "exit_code", None) is None:
-            raise
-        raise SystemExit(e.exit_code) from None
+        code = getattr(e, "exit_code", None)
+        if code is None:
+            code = EXIT_STOPPED
+            sys.stderr.write("colorize-fcn: stopped: what finished is kept; the same command goes on "
+                             "from there\n")
+        raise SystemExit(code) from None
 
 
 luigi.interface._schedule_and_run = _schedule_and_run

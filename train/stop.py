@@ -16,7 +16,7 @@ reaches the whole process group; the main process ends them when it is done with
 and are killed by the kernel when the process that started them dies (Linux
 PR_SET_PDEATHSIG), instead of lingering until torch's 5 s watchdog notices.
 
-No torch here: inference/cli.py imports this module while it parses (colorize's Ctrl-C).
+No torch here.  EXIT_STOPPED and SIGTERM-as-Ctrl-C for the other commands: pipeline/signals.py.
 """
 import contextlib
 import ctypes
@@ -26,7 +26,8 @@ import signal
 import sys
 import threading
 
-EXIT_STOPPED = 75            # README's exit-code table (sysexits' EX_TEMPFAIL: "try again")
+from pipeline.signals import EXIT_STOPPED
+
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _PR_SET_PDEATHSIG = 1        # linux/prctl.h
 
@@ -83,20 +84,6 @@ def stop_signals():
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-
-
-@contextlib.contextmanager
-def sigterm_interrupts():
-    """Within the block SIGTERM raises KeyboardInterrupt, as Ctrl-C does (colorize: stop, keep
-    what is written, say so in one line)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def quiet_worker() -> None:
