@@ -273,8 +273,15 @@ def colorize_items(model: ImageColorizer, items, decoder=DEFAULT_DECODER, temper
             return src, dst, msg if str(dst) in msg else f"cannot write {dst}: {msg}"
         return src, dst, None
 
+    collected = set()
+
     def collect(fut) -> int:
+        """on_done / on_error for a finished write, once per future (an interrupt may land
+        between a collect and the next; the except below collects whatever is left)."""
+        if fut in collected:
+            return 0
         src, dst, err = fut.result()
+        collected.add(fut)
         if err:
             fail(src, err)
             return 0
@@ -306,6 +313,8 @@ def colorize_items(model: ImageColorizer, items, decoder=DEFAULT_DECODER, temper
                 while len(writing) > batch_size:
                     ok += collect(writing[0])    # then dropped: an interrupt while waiting keeps it
                     del writing[0]
+            for fut in writing:          # the last batch: an interrupt while waiting here too
+                ok += collect(fut)       # must count what its threads go on to write
         except KeyboardInterrupt:    # Ctrl-C: no more reading; the outputs computed are written
             for fut in loading:
                 fut.cancel()
@@ -313,8 +322,6 @@ def colorize_items(model: ImageColorizer, items, decoder=DEFAULT_DECODER, temper
             for fut in writing:
                 collect(fut)             # on_done / on_error: the caller counts what was written
             raise
-        for fut in writing:
-            ok += collect(fut)
     return {"ok": ok, "failed": failed, "alpha_dropped": alpha_dropped}
 
 

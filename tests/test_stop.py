@@ -284,6 +284,35 @@ def test_colorize_interrupted_says_how_many_were_written_and_skip_existing_finis
     assert sorted(p.name for p in out.iterdir()) == [f"p{i}.png" for i in range(5)]
 
 
+def test_colorize_interrupted_while_its_last_outputs_are_written_counts_them(tmp_path, capsys, monkeypatch):
+    """Ctrl-C landing while the main thread waits for the last batch's writes: the writing
+    threads finish those outputs, and the count says so (it said 0 of N with N written)."""
+    from PIL import Image
+    import inference.files
+    from inference.cli import main
+    from test_colorize import fake_run
+    run, src, out = fake_run(tmp_path), tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i in range(4):
+        Image.new("RGB", (24, 16), (40 * i, 90, 200 - 30 * i)).save(src / f"p{i}.png")
+    real, calls = inference.files.save_image, []
+
+    def ctrl_c_then_slow_save(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)    # lands in the main thread, waiting for this write
+        time.sleep(0.3)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(inference.files, "save_image", ctrl_c_then_slow_save)
+    args = ["colorize", "--model", str(run), str(src), "--out", str(out), "--batch-size", "4", "--threads", "1",
+            "--device", "cpu", "-q"]
+    assert main(args) == EXIT_STOPPED
+    err = capsys.readouterr().err.strip().splitlines()
+    written = sorted(p.name for p in out.iterdir())
+    assert written == [f"p{i}.png" for i in range(4)], err     # computed before the signal: all written
+    assert err == ["colorize-fcn: interrupted: 4 of 4 written; rerun with --skip-existing"]
+
+
 def _quiet_sleeper(queue):
     quiet_worker()
     queue.put(os.getpid())
