@@ -28,6 +28,7 @@ from luigi.task_register import Register
 
 from .luigi_cmdline import work_dir_on_command_line
 from .luigi_summary import ERROR_LOGGER, run_problems
+from .progress import console_gone, write_console
 
 DEBUG_ENV = "COLORIZE_DEBUG"
 _LUIGI_CODE = os.path.dirname(luigi.__file__) + os.sep
@@ -165,8 +166,13 @@ class Console(logging.StreamHandler):
     def emit(self, record):
         super().emit(record)
         if _is_run_summary(record) and run_problems():
-            self.stream.write(run_summary_line() + "\n")
-            self.flush()
+            write_console(self.stream, run_summary_line() + "\n")
+
+    def handleError(self, record):
+        if isinstance(sys.exc_info()[1], BrokenPipeError):    # `luigi ... | head`: the work goes on
+            console_gone(self.stream)
+        else:
+            super().handleError(record)
 
 
 def run_summary_line() -> str:

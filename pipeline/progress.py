@@ -7,8 +7,48 @@ still reports every minute and a short one never floods the output (fewer than
 20 units: only the last line).  Each line shows done/total, the rate, elapsed
 time and an ETA; note() prints a message line (a validation result) between them.
 """
+import os
 import sys
 import time
+
+
+def write_console(stream, text: str) -> None:
+    """Write `text` to a console stream and flush it.  A console that went away (a closed pipe:
+    `luigi ... | head`) is not a failure of the work: console_gone() points it at /dev/null and
+    the work goes on (a luigi run's log file still gets everything)."""
+    try:
+        stream.write(text)
+        stream.flush()
+    except BrokenPipeError:
+        console_gone(stream)
+
+
+def say(*parts) -> None:
+    """print(*parts) to stdout through write_console: the default `log` of long-running work
+    (training), which must not fail because whoever read its output went away."""
+    write_console(sys.stdout, " ".join(map(str, parts)) + "\n")
+
+
+def console_gone(stream) -> None:
+    """The reader of `stream` went away: its file descriptor, and stdout's / stderr's where they
+    are the same pipe (`2>&1 |`), now write to /dev/null, so that no later print, log record or
+    progress line fails -- nor Python's flush of stdout at exit."""
+    try:
+        gone = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return                                     # not a file (pytest's capture, StringIO)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for std in (sys.stdout, sys.stderr):
+            try:
+                fd = std.fileno()
+                same = os.fstat(fd)
+            except (OSError, ValueError, AttributeError):
+                continue
+            if (same.st_dev, same.st_ino) == (gone.st_dev, gone.st_ino):
+                os.dup2(null, fd)
+    finally:
+        os.close(null)
 
 
 def format_seconds(s: float) -> str:
@@ -52,7 +92,7 @@ class Progress:
         now = time.perf_counter()
         if self.tty:
             if finished or now - self.last_draw >= 0.1:
-                self.stream.write("\r" + self.line(info) + ("\n" if finished else ""))
+                write_console(self.stream, "\r" + self.line(info) + ("\n" if finished else ""))
                 self._open_line = not finished
                 self.last_draw = now
         else:
@@ -60,20 +100,17 @@ class Progress:
             due = self.total >= 20 and (decile != self._last_decile or now - self.last_draw >= self.interval_s)
             if finished or due:
                 self._last_decile, self.last_draw = decile, now
-                self.stream.write(self.line(info) + "\n")
-        self.stream.flush()
+                write_console(self.stream, self.line(info) + "\n")
 
     def note(self, text: str) -> None:
         """Print a message on a line of its own (ending an in-place progress line first)."""
-        self.stream.write(("\n" if self._open_line else "") + text + "\n")
+        write_console(self.stream, ("\n" if self._open_line else "") + text + "\n")
         self._open_line = False
-        self.stream.flush()
 
     def close(self) -> None:
         """End an unfinished in-place line (a run stopped early)."""
         if self._open_line:
-            self.stream.write("\n")
-            self.stream.flush()
+            write_console(self.stream, "\n")
             self._open_line = False
 
 
@@ -105,6 +142,5 @@ class StageProgress:
         eta = format_seconds((self.total - done) / rate) if rate > 0 else "?"
         line = (f"{self.desc}: {done}/{self.total} shards, {self.images / elapsed:.1f} img/s/worker, "
                 f"ETA {eta if done < self.total else '0s'}")
-        self.stream.write(line + "\n")
-        self.stream.flush()
+        write_console(self.stream, line + "\n")
         return line

@@ -25,6 +25,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from .progress import say
+
 try:
     import fcntl
 except ImportError:           # Windows: no flock; reported when a lock is taken
@@ -81,7 +83,7 @@ class RunLock:
     """Exclusive lock on `folder` (created if needed).  hold=False: take part in acquire()'s
     agreement without touching the filesystem (ranks > 0 of a distributed run)."""
 
-    def __init__(self, folder, log=print, hold=True, poll_s=None, report_s=None):
+    def __init__(self, folder, log=say, hold=True, poll_s=None, report_s=None):
         self.folder, self.log, self.hold = Path(folder), log, hold
         self.path = self.folder / LOCK_NAME
         self.poll_s = POLL_S if poll_s is None else poll_s

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from pipeline.atomic import atomic_path
+from pipeline.progress import say
 
 RESUME_KEYS = ("state_dict", "optimizer", "iteration")     # what makes a file a resume point
 
@@ -148,7 +149,7 @@ def shape_problem(ckpt, model_shapes: dict, param_shapes: list):
     return None
 
 
-def latest_checkpoint(path, log=print, check=None):
+def latest_checkpoint(path, log=say, check=None):
     """(checkpoint dict, the file it came from) of the newest usable resume point among
     `path` and previous_path(path); (None, None) when neither file exists.  check(ckpt): why
     a loaded checkpoint cannot be used (e.g. shape_problem), or None.  Falling back to

@@ -10,6 +10,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from pipeline.progress import say
+
 from .rng import seed_everything, set_rng_states
 
 
@@ -80,7 +82,7 @@ def _to_cpu(obj):
     return obj
 
 
-def restore_rng(ckpt: dict, seed: int, rank: int, world_size: int, loader_generator, log=print):
+def restore_rng(ckpt: dict, seed: int, rank: int, world_size: int, loader_generator, log=say):
     """Restore this rank's RNGs from a checkpoint: its own states when the checkpoint was
     written by as many ranks, else rank 0's states (rank 0) / fresh streams (other ranks)."""
     ranks = ckpt.get("rng_ranks")

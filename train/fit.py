@@ -64,7 +64,7 @@ from models.colorizer import Colorizer
 from models.device import resolve_device, use_channels_last
 from models.fcn import init_bn_gamma, init_from_fcn, load_vgg16_bn_weights
 from pipeline.atomic import remove_stale_temporaries, write_text_atomic
-from pipeline.progress import Progress
+from pipeline.progress import Progress, say
 from pipeline.run_inputs import portable_path
 from pipeline.runlock import RunLock
 
@@ -84,7 +84,7 @@ N_VISUAL = 4                  # validation images drawn in each tile image
 
 
 # ----------------------------------------------------------------------------- set-up
-def build_colorizer(inputs, log=print, initialise=True):
+def build_colorizer(inputs, log=say, initialise=True):
     """A fresh Colorizer for the run's inputs; initialise: started from the vgg_weights file
     and/or the coarser run's best.pt when the config / inputs name them (initialise_colorizer)."""
     cfg = inputs.cfg
@@ -96,7 +96,7 @@ def build_colorizer(inputs, log=print, initialise=True):
     return colorizer
 
 
-def initialise_colorizer(colorizer, inputs, log=print):
+def initialise_colorizer(colorizer, inputs, log=say):
     """Load the vgg_weights file and/or the coarser run's best.pt into a fresh colorizer."""
     cfg = inputs.cfg
     if cfg.get("vgg_weights"):
@@ -144,7 +144,7 @@ def _datasets(inputs, n_classes):
 
 
 # ----------------------------------------------------------------------------- fit
-def fit(run_dir, inputs, device="auto", loader_workers=0, log=print, on_step=None, stop_after=None,
+def fit(run_dir, inputs, device="auto", loader_workers=0, log=say, on_step=None, stop_after=None,
         distributed=False, sync_bn=True, wait=True, log_every=LOG_EVERY) -> dict:
     """Train inputs.arch on inputs.train, validating on inputs.val; resume if run_dir has a
     checkpoint.  inputs: a pipeline.run_inputs.RunInputs.
