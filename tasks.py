@@ -37,6 +37,7 @@ from pipeline.memory import shard_needs, training_needs
 from pipeline.plan import batch_plans, plan_shards, sample_files
 from pipeline.preprocess import build_label_shard, build_lab_shard, gmm_features, mean_lightness
 from pipeline.prior import cluster_prior, rebalance_weights
+from pipeline.progress import say
 from pipeline.run_inputs import RunInputs
 from pipeline.samples import materialise_samples
 from pipeline.shards import ShardError, read_attrs
@@ -409,7 +410,7 @@ class PrepareRun(ConfigTask):
                   init_checkpoint=str(init.run_dir() / "best.pt") if init else None,
                   class_weights=class_weights, dataset=str(reqs["train"].root()),
                   extra={"task": self.task_id}).save(self.run_dir())
-        print(f"[prepare] {self.arch} config {self.config}: {self.output().path}", flush=True)
+        say(f"[prepare] {self.arch} config {self.config}: {self.output().path}")
 
 
 class TrainRun(ConfigTask):
@@ -664,7 +665,7 @@ class Demo(luigi.Task):
         summary = demo_summary([fcn16.init_task().run_dir(), fcn16.run_dir()], evaluation.out_dir(), coloured,
                                evaluation.split)
         if CmdlineParser.get_instance() is None:       # luigi.build() from Python: print it now
-            print(summary, flush=True)
+            say(summary)
         else:                                          # `luigi ... Demo`: after Luigi's own summary
-            atexit.register(print, summary, flush=True)
+            atexit.register(say, summary)
         self._done = True

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import luigi
 
-from pipeline.progress import format_seconds
+from pipeline.progress import format_seconds, write_console
 from train.runlog import split_label
 
 from .api import load_colorizer
@@ -51,7 +51,7 @@ class StageLines:
         if stage in _TRAINING.values():
             line += f" ({self.iterations} iterations)"
         line += f"; elapsed {format_seconds(self.clock() - self.t0)}, {self.eta(stage)}"
-        print(line, file=self.stream or sys.stderr, flush=True)
+        write_console(self.stream or sys.stderr, line + "\n")
         return line
 
     def on_success(self, family: str):
