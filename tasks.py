@@ -110,8 +110,12 @@ class LabSplit(LabParams):
 
     def run(self):
         manifest = summarise_split(self.root(), self.split, self.shard_paths())
-        write_text_atomic(self.output().path, json.dumps(manifest, indent=1))
         reasons = ", ".join(f"{k} {v}" for k, v in manifest["skip_reasons"].items()) or "none"
+        if manifest["n_images"] == 0:       # nothing downstream can use it: say so here, not at training
+            raise ValueError(f"split '{self.split}' of {self.root()} has no usable image: all "
+                             f"{manifest['n_skipped']} listed were skipped ({reasons}); add readable images "
+                             f"to it (a plain folder's split is a hash of the file name) or choose another split")
+        write_text_atomic(self.output().path, json.dumps(manifest, indent=1))
         log.info("[lab] %s/%s: %d images in %d shards, %d skipped (%s)", self.root().name, self.split,
                  manifest["n_images"], len(manifest["shards"]), manifest["n_skipped"], reasons)
 

@@ -99,6 +99,22 @@ def test_dataset_errors_are_one_line_each_exit_35_and_the_log_has_the_traceback(
         assert {p.relative_to(work).parts[0] for p in work.rglob("*") if p.is_file()} == {"logs"}  # no work
 
 
+def test_a_split_whose_every_file_is_unusable_fails_at_its_lab_stage_naming_it(tmp_path, photo_dataset):
+    """A plain folder's hash split put only a broken file in 'val': every stage ran and training
+    then said only "the validation split has no images".  Now the split's Lab stage says which
+    split of which dataset, why, and what to do; no run is prepared."""
+    (photo_dataset / "val" / "broken.png").write_bytes(b"not an image")
+    (photo_dataset / "files_val.txt").write_text("val/broken.png\n")
+    work = tmp_path / "work"
+    [(code, stderr)] = _run_all([_luigi("PrepareRun", work=work, dataset=photo_dataset)])
+    errors = [line for line in stderr.splitlines() if line.startswith("colorize-fcn: error:")]
+    assert code == 30 and "Traceback" not in stderr, stderr
+    assert errors == [f"colorize-fcn: error: LabSplit: ValueError: split 'val' of {photo_dataset} has no usable "
+                      "image: all 1 listed were skipped (undecodable 1); add readable images to it (a plain "
+                      "folder's split is a hash of the file name) or choose another split"], stderr
+    assert not list(work.glob("runs/*/inputs.json"))
+
+
 def test_colorize_debug_shows_the_tracebacks_on_the_console(tmp_path, photo_dataset):
     [(code, stderr)] = _run_all([_luigi("PrepareRun", work=tmp_path / "work", dataset=tmp_path / "nowhere")],
                                 env={**ENV, "COLORIZE_DEBUG": "1"})
