@@ -43,7 +43,7 @@ from pipeline.samples import materialise_samples
 from pipeline.shards import ShardError, read_attrs
 from pipeline.signature import hash_strings, signature
 from pipeline.splits import ALL_SPLIT, list_nonempty_split
-from pipeline.stage import MAX_SHARD_TASKS, ShardBatch, Stage, colorize, once, stage_of
+from pipeline.stage import MAX_SHARD_TASKS, ShardBatch, Stage, check_work_dir, colorize, once, stage_of
 from pipeline.sweep import ConfigListParameter, OverridesGridParameter, expand_grid, parse_configs, parse_grid
 from pipeline.textures import generate_textures
 
@@ -330,7 +330,13 @@ class ConfigTask(Stage):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        check_named_task(self, lambda: self.runs)       # `luigi ... <this task>`: one line, exit 35
+        check_named_task(self, self.preflight)          # `luigi ... <this task>`: one line, exit 35
+
+    def preflight(self) -> None:
+        """What the named task checks while the command line is parsed: every config it trains
+        resolves, and the work dir can hold outputs."""
+        self.runs                                         # noqa: B018 (resolves and checks them)
+        check_work_dir(self.work_dir())
 
     @cached_property
     def cfg(self):

@@ -7,6 +7,7 @@ graph: which stage reads and writes what.
 import functools
 import inspect
 import os
+import tempfile
 from functools import cached_property
 from pathlib import Path
 
@@ -14,10 +15,29 @@ import luigi
 from luigi.parameter import ParameterVisibility
 
 from pipeline.atomic import remove_stale_temporaries
+from pipeline.config import ConfigError
 from pipeline.fingerprint import MODES as FINGERPRINT_MODES
 from pipeline.progress import Progress, StageProgress
 from pipeline.shards import COMPRESSION, LAB_COMPRESSION
 from pipeline.signature import hash_strings, signature
+
+
+def check_work_dir(path) -> None:
+    """Refuse, in one line (ConfigError), a work dir that cannot hold outputs: a file, or a place
+    where a folder cannot be made or written (`/proc/x`, a read-only disk).  It is made, as
+    the run would make it, and a probe file is written there and removed; without this, every
+    shard task failed on its own, one error line each."""
+    path = Path(path)
+    where = "(--colorize-work-dir or luigi.cfg [colorize] work_dir)"
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"work dir {path} is not a folder {where}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"work dir {path} cannot hold outputs: {e.strerror or e} {where}") from None
 
 
 class colorize(luigi.Config):

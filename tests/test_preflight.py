@@ -85,3 +85,18 @@ def test_a_complete_run_is_not_refused(tmp_path, photo_dataset, machine):
         assert run.complete()
         assert luigi.build([run], local_scheduler=True)                 # width 2 needs ~13.7 GB: refused if asked
         assert tasks.Evaluate(config=102, overrides={"width": 2}, dataset=str(photo_dataset), arch="fcn32s").deps()
+
+
+def test_a_work_dir_that_cannot_hold_outputs_is_one_line_before_any_work(tmp_path, photo_dataset):
+    """Before: one error line per shard task, exit 30, after the planning."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    cases = [(a_file, f"work dir {a_file} is not a folder "),
+             (a_file / "work", f"work dir {a_file / 'work'} cannot hold outputs: Not a directory ")]
+    results = _run_all([_luigi("TrainFCN32s", work=work, dataset=photo_dataset) for work, _ in cases])
+    for (work, says), (code, stderr) in zip(cases, results):
+        assert code == 35, stderr
+        [line] = stderr.splitlines()
+        assert line == (f"colorize-fcn: error: TrainFCN32s: ConfigError: {says}"
+                        "(--colorize-work-dir or luigi.cfg [colorize] work_dir)"), line
+    assert a_file.read_text() == "" and sorted(tmp_path.iterdir()) == [a_file, tmp_path / "photos"]
