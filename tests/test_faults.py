@@ -60,7 +60,7 @@ def _assert_nothing_corrupt(work):
 
 # ----------------------------------------------------------------------------- kill -9
 def test_kill_9_in_the_middle_of_training_then_rerun_resumes_from_the_last_checkpoint(work, photo_dataset):
-    overrides = {"max_iteration": 60, "interval_validate": 10}
+    overrides = {"max_iteration": 30, "interval_validate": 5}
     cmd = _luigi("TrainFCN32s", "--overrides", json.dumps(overrides), work=work, dataset=photo_dataset)
     proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -79,15 +79,15 @@ def test_kill_9_in_the_middle_of_training_then_rerun_resumes_from_the_last_check
     _assert_nothing_corrupt(work)
     from train.checkpoint import load_checkpoint
     last = load_checkpoint(run / "checkpoint.pt")["iteration"]
-    assert 10 <= last < 60 and last % 10 == 0
+    assert 5 <= last < 30 and last % 5 == 0
 
     done = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((run / "done.json").read_text())
-    assert result["resumed_from"] == last > 0 and result["complete"] and result["iterations"] == 60
+    assert result["resumed_from"] == last > 0 and result["complete"] and result["iterations"] == 30
     rows = list(csv.DictReader(open(run / "log.csv", newline="")))
     for split in ("train", "valid"):                           # each validation logged once
-        assert [int(r["iteration"]) for r in rows if r["split"] == split] == list(range(10, 61, 10))
+        assert [int(r["iteration"]) for r in rows if r["split"] == split] == list(range(5, 31, 5))
     _assert_nothing_corrupt(work)
     assert _temporaries(work) == []                            # killed writers' leftovers removed
 

@@ -83,18 +83,17 @@ def test_the_installed_luigi_is_the_projects():
 def test_a_reader_that_goes_away_does_not_fail_the_work(tmp_path, photo_dataset):
     """`luigi ... | head -1`: the console's pipe closes after one line.  Progress lines, log
     records and training's own lines must not fail the tasks (they did: BrokenPipeError, exit
-    40); the work finishes, exit 0, and the log file has no error.  stdout alone is piped
-    here, as `| head` does: training writes to it (train.fit's log)."""
+    40); the work finishes, exit 0, and the log file has no error.  (Training's lines go through
+    the same writer, pipeline.progress.say, as PrepareRun's [prepare] line.)"""
     work = tmp_path / "work"
-    proc = subprocess.Popen([*LUIGI, "--module", "tasks", "TrainFCN32s", "--config", "102", "--dataset",
-                             str(photo_dataset), "--overrides", '{"max_iteration": 4, "interval_validate": 2}',
-                             "--colorize-work-dir", str(work), "--colorize-device", "cpu",
+    proc = subprocess.Popen([*LUIGI, "--module", "tasks", "PrepareRun", "--config", "102", "--dataset",
+                             str(photo_dataset), "--colorize-work-dir", str(work), "--colorize-device", "cpu",
                              "--colorize-loader-workers", "0"], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO),
                                                            "OMP_NUM_THREADS": "1"})
     assert proc.stdout.readline()                       # one line read, then the reader goes away
     proc.stdout.close()
     assert proc.wait(timeout=300) == 0
-    assert len(list(work.glob("runs/fcn32s-c102-*/done.json"))) == 1
+    assert len(list(work.glob("runs/fcn32s-c102-*/inputs.json"))) == 1
     [log] = list((work / "logs").glob("luigi-*.log"))
     assert "Error" not in log.read_text()
