@@ -94,7 +94,7 @@ def test_training_prints_one_line_per_validation_and_logs_hparams(tmp_path, caps
     assert re.match(r"fcn32s val on 'val' iteration 2/4: loss \d+\.\d{4}, mean IoU \d\.\d{3}, pixel acc \d\.\d{3}  "
                     r"\(new best\)$", valid[0]), valid[0]
     assert re.match(r"fcn32s val on 'val' iteration 4/4: .*\((new best|best \d+\.\d{4} at 2)\)$", valid[1]), valid[1]
-    assert any(re.match(r"fcn32s train 4/4 \(100%\) .* loss \d+\.\d{4} \(mean of recent steps\)$", line) for line in lines), lines
+    assert any(re.match(r"fcn32s train 4/4 \(100%\) .* loss \d+\.\d{4} \(mean of iterations \d+-4\)$", line) for line in lines), lines
     with open(tmp_path / "run" / "log.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(r["split"], r["data_split"]) for r in rows] == [("train", "train"), ("valid", "val")] * 2

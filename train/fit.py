@@ -360,7 +360,8 @@ def _fit_locked(run_dir, inputs, device, loader_workers, log, on_step, stop_afte
     def step_hook(iteration, max_it, loss):
         if progress is not None:
             progress.update(1, "" if state.window_loss is None else
-                            f"loss {state.window_loss:.4f} (mean of recent steps)")
+                            "loss {:.4f} (mean of iterations {}-{})".format(state.window_loss,
+                                                                            *state.window_iterations))
         if on_step is not None:
             on_step(iteration, max_it, loss)
         if iteration % interval == 0 or iteration == max_it:

@@ -40,7 +40,8 @@ class TrainState:
     channels_last: str = "auto"
     log_every: int = LOG_EVERY            # steps between read-backs of the loss (read_back)
     window: tuple = (0.0, 0)              # (loss sum over ranks / ranks, steps) at the last read-back
-    window_loss: float = None             # mean loss of the steps between the last two read-backs
+    window_loss: float = None             # mean loss of the steps between the last two read-backs ...
+    window_iterations: tuple = None       # ... (first, last) iteration of those steps
     signals: StopRequest = None           # this process's stop request (train.stop), None: not watched
     signalled: bool = False               # a signal (on any rank) ends this session
     saved_iteration: int = None           # iteration of the newest checkpoint.pt
@@ -71,6 +72,7 @@ class TrainState:
         before, steps_before = self.window
         if self.steps > steps_before:
             self.window_loss = (total - before) / (self.steps - steps_before)
+            self.window_iterations = (self.iteration - (self.steps - steps_before) + 1, self.iteration)
         self.window = (total, self.steps)
 
     def stopping(self) -> bool:
