@@ -339,3 +339,24 @@ def test_a_quiet_worker_ignores_others_sigterm_but_ends_on_its_parents():
     finally:
         if proc.is_alive():
             proc.kill()
+
+
+def test_rotating_the_resume_checkpoint_never_leaves_a_moment_without_one(tmp_path, monkeypatch):
+    """checkpoint.pt became checkpoint.prev.pt by a rename, then the new file took the name: a
+    reader (this suite's own SIGTERM test, in CI) or a kill between the two found none."""
+    import pipeline.atomic
+    import train.checkpoint
+    ckpt = tmp_path / "checkpoint.pt"
+    save_checkpoint(ckpt, {"iteration": 1}, keep_previous=True)
+    seen, real = [], os.replace
+
+    def replace_and_look(src, dst):
+        seen.append(ckpt.exists())
+        real(src, dst)
+        seen.append(ckpt.exists())
+    monkeypatch.setattr(pipeline.atomic.os, "replace", replace_and_look)
+    monkeypatch.setattr(train.checkpoint.os, "replace", replace_and_look)
+    save_checkpoint(ckpt, {"iteration": 2}, keep_previous=True)
+    assert seen and all(seen), seen
+    assert load_checkpoint(ckpt)["iteration"] == 2
+    assert load_checkpoint(train.checkpoint.previous_path(ckpt))["iteration"] == 1

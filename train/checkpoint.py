@@ -57,7 +57,18 @@ def save_checkpoint(path, payload: dict, keep_previous: bool = False) -> None:
         finally:
             os.close(fd)
         if keep_previous and path.exists():
-            os.replace(path, previous_path(path))
+            _keep_as_previous(path)
+
+
+def _keep_as_previous(path: Path) -> None:
+    """previous_path(path) becomes the file at `path`, which keeps its name until the new one
+    replaces it: at no moment is there no `path` (a reader, or a kill, between two renames
+    found none).  A hard link, where the filesystem has them; else a rename."""
+    try:
+        with atomic_path(previous_path(path)) as tmp:
+            os.link(path, tmp)
+    except OSError:                      # no hard links here (some network or FAT filesystems)
+        os.replace(path, previous_path(path))
 
 
 def _reason(e: Exception) -> str:
