@@ -29,7 +29,7 @@ import luigi.retcodes
 from luigi.cmdline_parser import CmdlineParser
 
 from .builds import end_builds, mark_build
-from .signals import EXIT_STOPPED, sigterm_interrupts
+from .signals import Stopped, stop_requests
 
 ERROR_LOGGER = "colorize-fcn"
 _errors = logging.getLogger(ERROR_LOGGER)
@@ -159,22 +159,22 @@ _luigi_schedule_and_run = luigi.interface._schedule_and_run
 
 
 def _schedule_and_run(*args, **kwargs):
-    """Ctrl-C or SIGTERM stops the command without a traceback, with EXIT_STOPPED.  A training
-    task saves a checkpoint first and raises a KeyboardInterrupt carrying its exit_code, after
-    printing its one line (train.stop.TrainingStopped).  Any other stage just stops: its
-    outputs are written atomically, so what it finished is kept, what it was writing is a
-    temporary the next run removes, and the same command goes on from there (one line says
-    so).  (luigi.interface._run and luigi.build look this name up when they run, after
+    """Ctrl-C or SIGTERM stops the command without a traceback, with EXIT_STOPPED
+    (pipeline/signals.py).  A training task saves a checkpoint first and raises a
+    KeyboardInterrupt carrying its exit_code, after printing its one line
+    (train.stop.TrainingStopped).  Any other stage stops at its next stop point (a task's
+    start, a batch's next shard) with pipeline.signals.Stopped, whose line is printed here:
+    what finished is kept and the same command goes on from there.  (luigi.interface._run and luigi.build look this name up when they run, after
     `--module tasks` has imported this module.)"""
     try:
-        with sigterm_interrupts():
+        with stop_requests():
             return _luigi_schedule_and_run(*args, **kwargs)
     except KeyboardInterrupt as e:
         code = getattr(e, "exit_code", None)
         if code is None:
-            code = EXIT_STOPPED
-            sys.stderr.write("colorize-fcn: stopped: what finished is kept; the same command goes on "
-                             "from there\n")
+            raise
+        if isinstance(e, Stopped):
+            sys.stderr.write(str(e) + "\n")
         raise SystemExit(code) from None
 
 

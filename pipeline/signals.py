@@ -2,22 +2,78 @@
 
 EXIT_STOPPED is the exit status of a command stopped by SIGINT (Ctrl-C) or SIGTERM after
 keeping what it had finished (README's exit-code table); the same command goes on from there.
-sigterm_interrupts() makes SIGTERM (a cluster's preemption, `kill`) raise KeyboardInterrupt
-as Ctrl-C does, so one code path handles both.  Training's own handling, which finishes the
-current step and writes a checkpoint first, is train/stop.py's.  No torch, no luigi here.
+
+`luigi --module tasks ...` runs inside stop_requests(): the first signal only records a request,
+and the work stops at the next stop_point() -- the start of a task, the next shard of a batch
+-- by raising Stopped there, where nothing is half done.  (Raising KeyboardInterrupt wherever
+the signal lands, as Python does for Ctrl-C, broke h5py's file callbacks, weakref callbacks
+and multiprocessing's queues: lost signals, failed tasks, hangs at exit.)  A second signal
+ends the process at once, by its default action (exit 130 / 143).  Training has its own
+handlers while it runs (train/stop.py: it finishes the step and writes a checkpoint); a
+request recorded before it started stops it before its first step.
+
+sigterm_interrupts() is for colorize, whose loop is written for a KeyboardInterrupt anywhere:
+SIGTERM then raises it, as Ctrl-C does.  No torch, no luigi here.
 """
 import contextlib
+import os
 import signal
 import threading
 
 EXIT_STOPPED = 75            # README's exit-code table (sysexits' EX_TEMPFAIL: "try again")
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOPPED_LINE = "colorize-fcn: stopped: what finished is kept; the same command goes on from there"
+
+_request = {"signal": None}  # the first stop signal's name, within stop_requests()
+
+
+class Stopped(KeyboardInterrupt):
+    """Raised at a stop_point() after a stop signal: what finished is kept."""
+    exit_code = EXIT_STOPPED
+
+
+def requested():
+    """The name of the stop signal received within stop_requests() ('SIGINT', 'SIGTERM'), or None."""
+    return _request["signal"]
+
+
+def stop_point() -> None:
+    """Between two units of work: raise Stopped if a stop signal was received."""
+    if _request["signal"] is not None:
+        raise Stopped(STOPPED_LINE)
+
+
+def _record(signum, frame):
+    if _request["signal"] is None:
+        _request["signal"] = signal.Signals(signum).name
+        return
+    signal.signal(signum, signal.SIG_DFL)          # the second one: the default action, now
+    os.kill(os.getpid(), signum)
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """Within the block the first SIGINT/SIGTERM is recorded for stop_point() (module docstring);
+    the previous handlers come back, and the request is forgotten, on leaving.  Outside the main
+    thread Python cannot install handlers: nothing changes there."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    for s in SIGNALS:
+        signal.signal(s, _record)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        _request["signal"] = None
 
 
 @contextlib.contextmanager
 def sigterm_interrupts():
     """Within the block SIGTERM raises KeyboardInterrupt, as Ctrl-C does; the previous handler
-    comes back on leaving.  Outside the main thread Python cannot install handlers: nothing
-    changes there."""
+    comes back on leaving.  Outside the main thread nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -19,6 +19,7 @@ from pipeline.config import ConfigError
 from pipeline.fingerprint import MODES as FINGERPRINT_MODES
 from pipeline.progress import Progress, StageProgress
 from pipeline.shards import COMPRESSION, LAB_COMPRESSION
+from pipeline.signals import stop_point
 from pipeline.signature import hash_strings, signature
 
 
@@ -107,6 +108,7 @@ class Stage(luigi.Task):
         if work is not None and not inspect.isgeneratorfunction(work):
             @functools.wraps(work)
             def run(self):
+                stop_point()                  # a stop signal since the last task: leave here
                 if not luigi.Task.complete(self):
                     work(self)
             cls.run = run
@@ -225,6 +227,7 @@ class ShardBatch(Stage):
         name = f"{self.get_task_family()} {dict(self.stage).get('split', '')}".strip()
         stage = StageProgress(name, lambda: sum(os.path.exists(p) for p in paths), len(paths))
         for n, i in enumerate(todo, 1):
+            stop_point()                      # between shards: a stop signal leaves here
             self.build_shard(i, self.output()[i].path, lambda j, k: None)
             line = stage.shard_done(len(self.files[i]), last=n == len(todo))
             if line:

@@ -26,9 +26,8 @@ import signal
 import sys
 import threading
 
-from pipeline.signals import EXIT_STOPPED
+from pipeline.signals import EXIT_STOPPED, SIGNALS, requested
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _PR_SET_PDEATHSIG = 1        # linux/prctl.h
 
 
@@ -73,6 +72,7 @@ def stop_signals():
     """Within the block, SIGINT and SIGTERM are stop requests (module docstring); yields the
     StopRequest.  The previous handlers come back on leaving."""
     request = StopRequest()
+    request.signal = requested()          # one received before training began (pipeline.signals)
     if threading.current_thread() is not threading.main_thread():
         yield request
         return
