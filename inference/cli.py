@@ -250,7 +250,8 @@ def cmd_colorize(args) -> int:
     except KeyboardInterrupt:
         if bar:
             bar.close()
-        _say("interrupted", f"{len(written)} of {len(items)} written; rerun with --skip-existing")
+        _say("interrupted", f"all {len(items)} written; nothing left to do" if len(written) == len(items) else
+             f"{len(written)} of {len(items)} written; rerun with --skip-existing")
         return EXIT_STOPPED
     if result["alpha_dropped"]:
         _warn(f"{result['alpha_dropped']} input(s) had an alpha channel, which JPEG cannot hold: they were "

@@ -315,7 +315,7 @@ def test_colorize_interrupted_while_its_last_outputs_are_written_counts_them(tmp
     err = capsys.readouterr().err.strip().splitlines()
     written = sorted(p.name for p in out.iterdir())
     assert written == [f"p{i}.png" for i in range(4)], err     # computed before the signal: all written
-    assert err == ["colorize-fcn: interrupted: 4 of 4 written; rerun with --skip-existing"]
+    assert err == ["colorize-fcn: interrupted: all 4 written; nothing left to do"]
 
 
 def _quiet_sleeper(queue):
