@@ -164,8 +164,9 @@ def _schedule_and_run(*args, **kwargs):
     KeyboardInterrupt carrying its exit_code, after printing its one line
     (train.stop.TrainingStopped).  Any other stage stops at its next stop point (a task's
     start, a batch's next shard) with pipeline.signals.Stopped, whose line is printed here:
-    what finished is kept and the same command goes on from there.  (luigi.interface._run and luigi.build look this name up when they run, after
-    `--module tasks` has imported this module.)"""
+    what finished is kept and the same command goes on from there.  (luigi.interface._run and
+    luigi.build look this name up when they run, after `--module tasks` has imported this
+    module.)"""
     try:
         with stop_requests():
             return _luigi_schedule_and_run(*args, **kwargs)

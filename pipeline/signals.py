@@ -52,33 +52,31 @@ def _record(signum, frame):
 
 
 @contextlib.contextmanager
-def stop_requests():
-    """Within the block the first SIGINT/SIGTERM is recorded for stop_point() (module docstring);
-    the previous handlers come back, and the request is forgotten, on leaving.  Outside the main
-    thread Python cannot install handlers: nothing changes there."""
+def handling(handlers: dict):
+    """Within the block handlers[sig] handles each sig; the previous handlers come back on
+    leaving.  Outside the main thread Python cannot install handlers: nothing changes there."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.getsignal(s) for s in SIGNALS}
-    for s in SIGNALS:
-        signal.signal(s, _record)
+    previous = {s: signal.signal(s, handler) for s, handler in handlers.items()}
     try:
         yield
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        _request["signal"] = None
 
 
 @contextlib.contextmanager
-def sigterm_interrupts():
-    """Within the block SIGTERM raises KeyboardInterrupt, as Ctrl-C does; the previous handler
-    comes back on leaving.  Outside the main thread nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+def stop_requests():
+    """Within the block the first SIGINT/SIGTERM is recorded for stop_point() (module docstring);
+    the request is forgotten on leaving."""
     try:
-        yield
+        with handling(dict.fromkeys(SIGNALS, _record)):
+            yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        _request["signal"] = None
+
+
+def sigterm_interrupts():
+    """Within the block SIGTERM raises KeyboardInterrupt, as Ctrl-C does."""
+    return handling({signal.SIGTERM: signal.default_int_handler})

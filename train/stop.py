@@ -26,7 +26,7 @@ import signal
 import sys
 import threading
 
-from pipeline.signals import EXIT_STOPPED, SIGNALS, requested
+from pipeline.signals import EXIT_STOPPED, SIGNALS, handling, requested
 
 _PR_SET_PDEATHSIG = 1        # linux/prctl.h
 
@@ -73,17 +73,8 @@ def stop_signals():
     StopRequest.  The previous handlers come back on leaving."""
     request = StopRequest()
     request.signal = requested()          # one received before training began (pipeline.signals)
-    if threading.current_thread() is not threading.main_thread():
+    with handling(dict.fromkeys(SIGNALS, request.handle)):
         yield request
-        return
-    previous = {s: signal.getsignal(s) for s in SIGNALS}
-    for s in SIGNALS:
-        signal.signal(s, request.handle)
-    try:
-        yield request
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def quiet_worker() -> None:
