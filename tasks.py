@@ -68,10 +68,12 @@ class LabParams(Stage):
 
 class LabShard(ShardBatch, LabParams):
     """Reads each shard's source images; writes lab/s<size>/<shard sig>.h5 per shard
-    (L, ab, paths, sizes, fingerprints; skipped files with reasons in attrs)."""
+    (L, ab, ab_sums, paths, sizes, fingerprints; skipped files with reasons in attrs)."""
     version = 6              # 4: JPEG draft down to 2x the target only, crop centred on the exact extent
     #                          5: strings (paths, fingerprints) checksummed (pipeline.shards._create_strings)
     #                          6: compact layout (uint8 L, int8 a/b: shards.LAB_LAYOUT)
+    # (ab_sums, added later, is derived from the shard's own a/b: version-6 shards without it give
+    # the label stage the same labels bit for bit, read more slowly, so they are not rebuilt.)
 
     def shard_folder(self) -> str:
         return "lab"

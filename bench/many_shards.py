@@ -22,9 +22,11 @@ lzf), from a pool of random images.  Lab shards leave out ab, which the loader n
 to keep the files small (4 KB per image at 64 px, 64 KB at 256 px; int16 L, before, took
 twice that).
 
-Opening a shard (two files: open, dataset lookup, first read, close) costs ~1-2 ms here
-whatever the order, so `many` loses ~(1-2 ms) / (images per shard) per sample: the ratio
-depends on images per shard.  Preprocessing's shard_size is 256 (mean ~252); the defaults
+Opening a shard (two files: open, dataset lookup, first read, close) costs ~0.5 ms in a tight
+loop and ~1.3 ms inside the read loop here (HDF5 sets up a metadata cache per open file, and
+the reads in between evict it from the CPU caches); train/data.py opens through h5py's low-level
+API, ~2.3x cheaper than h5py.File, its dataset lookup and first slice.  So `many` loses ~1.3 ms
+/ (images per shard) per sample: the ratio depends on images per shard.  Preprocessing's shard_size is 256 (mean ~252); the defaults
 (64 at 64 px, 16 at 256 px) are what fits ~2 minutes and ~9 GB of memory here (writing the
 one-file twin at 256 px holds it in memory ~3 times).
 

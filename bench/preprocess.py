@@ -31,6 +31,9 @@ its ratio:
                         mode, which is the shards' layout: uint8 L x 2.55, int8 a/b), in place
                         of lab_planes; also reports its max / mean abs difference from
                         lab_planes (skimage's D65 rgb2lab) on the first chunk
+    table               the shard codes of every sRGB colour in one 2^24-entry table (64 MB,
+                        built once per process from lab_planes, ~0.6 s), one gather per pixel
+                        in place of lab_planes; also reports whether it matches it bit for bit
 (kn-posteriors, the (K, N) posterior layout, and explog, the cube root of lab_planes as
 exp(log(t) / 3), were measured here and are now the code.)
 
@@ -90,7 +93,7 @@ def plain_stretch(root, relpaths, size):
             np.asarray(im.convert("RGB").resize((size, size)))
 
 
-WHAT_IFS = sorted(k for k in COMPRESSION if k and k != LAB_COMPRESSION) + ["cms"]
+WHAT_IFS = sorted(k for k in COMPRESSION if k and k != LAB_COMPRESSION) + ["cms", "table"]
 
 
 _CMS = {}
@@ -108,15 +111,59 @@ def lab_planes_cms(rgb, L_out, ab_out, L_scale=None):
     return L_out, ab_out
 
 
+_CODE_TABLE = []
+
+
+def code_table() -> np.ndarray:
+    """(2^24,) uint32: the Lab shard codes of every sRGB colour, indexed r << 16 | g << 8 | b;
+    byte 0 the uint8 L, bytes 1 and 2 the int8 a and b (64 MB, built once by lab_planes)."""
+    if not _CODE_TABLE:
+        t0 = time.perf_counter()
+        L, ab = np.empty(1 << 24, np.uint8), np.empty((2, 1 << 24), np.int8)
+        rgb = np.empty((1 << 16, 3), np.uint8)
+        rgb[:, 1], rgb[:, 2] = np.repeat(np.arange(256), 256), np.tile(np.arange(256), 256)
+        for r in range(256):
+            rgb[:, 0] = r
+            lab_planes(rgb, L[r << 16:(r + 1) << 16], ab[:, r << 16:(r + 1) << 16], L_scale=L_SCALE)
+        packed = np.zeros((1 << 24, 4), np.uint8)
+        packed[:, 0], packed[:, 1:3] = L, ab.T.view(np.uint8)
+        _CODE_TABLE.append(packed.view(np.uint32).ravel())
+        print(f"what-if table: built in {time.perf_counter() - t0:.2f} s", file=sys.stderr)
+    return _CODE_TABLE[0]
+
+
+def lab_planes_table(rgb, L_out, ab_out, L_scale=None):
+    """lab_planes' shard codes (uint8 L, int8 a/b: the same values) by one gather per pixel."""
+    padded = np.zeros(rgb.shape[:-1] + (4,), np.uint8)
+    padded[..., 1:] = rgb
+    index = padded.view(">u4")[..., 0].astype(np.intp)             # r << 16 | g << 8 | b
+    codes = code_table().take(index).view(np.uint8).reshape(rgb.shape[:-1] + (4,))
+    L_out[...] = codes[..., 0]
+    ab_out[0], ab_out[1] = codes[..., 1].view(np.int8), codes[..., 2].view(np.int8)
+    return L_out, ab_out
+
+
 @contextlib.contextmanager
 def what_if(name):
     """Yield the Lab compression ours should use for proposal `name`, with the proposal's
     code patched in (this process only)."""
-    if name == "cms":
-        with mock.patch.object(pipeline.preprocess, "lab_planes", lab_planes_cms):
+    if name in ("cms", "table"):
+        with mock.patch.object(pipeline.preprocess, "lab_planes",
+                               lab_planes_cms if name == "cms" else lab_planes_table):
             yield LAB_COMPRESSION
     else:
         yield name
+
+
+def table_equals(root, relpaths, size) -> bool:
+    """Whether lab_planes_table gives lab_planes' shard codes bit for bit on these images."""
+    out = [np.empty((size, size), np.uint8), np.empty((2, size, size), np.int8)]
+    for rp in relpaths:
+        rgb = load_rgb_with_size(root / rp, size)[0]
+        want = lab_planes(rgb, np.empty_like(out[0]), np.empty_like(out[1]), L_scale=L_SCALE)
+        if not all(np.array_equal(a, b) for a, b in zip(want, lab_planes_table(rgb, *out))):
+            return False
+    return True
 
 
 def cms_error(root, relpaths, size):
@@ -291,6 +338,8 @@ def main():
             result[f"what_if_{args.what_if}_ratio_cpu_time"] = round(med["what_if_ratio_cpu"], 3)
             if args.what_if == "cms":
                 result["what_if_cms_error_vs_lab_planes"] = cms_error(data, chunks[0], args.im_size)
+            if args.what_if == "table":
+                result["what_if_table_equals_lab_planes"] = table_equals(data, chunks[0], args.im_size)
             if args.what_if in COMPRESSION:
                 result[f"what_if_{args.what_if}_lab_bytes_per_image"] = round(
                     os.path.getsize(out / "lab-w0.h5") / len(chunks[0]))

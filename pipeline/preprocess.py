@@ -11,10 +11,10 @@ import numpy as np
 from .color import ab_to_hue_chroma, lab_planes
 from .fingerprint import check_mode, file_fingerprint
 from .images import SkipImage, load_rgb_with_size
-from .labels import target_posteriors
+from .labels import SUM_BLOCK, block_sums, target_posteriors
 from .plan import sample_key
-from .shards import (L_SCALE, LAB_COMPRESSION, LAB_LAYOUT, check_ab, decode_L, decode_ab, read_array, read_attrs,
-                     read_rows, write_shard)
+from .shards import (L_SCALE, LAB_COMPRESSION, LAB_LAYOUT, check_ab, check_ab_sums, decode_L, decode_ab, read_array,
+                     read_attrs, read_rows, write_shard)
 
 # Images per posterior computation: bounds memory at ~10 MB for 256 px.  64 (~40 MB) took
 # 6 % more CPU per image here: fresh pages for its 33 MB float32 batch every time.
@@ -51,10 +51,13 @@ def build_lab_shard(root, relpaths, im_size: int, out_path, sig: str = "", on_im
             on_image(i + 1, n)
     m = len(kept)
     summary = {"n_images": m, "n_skipped": len(skipped), "skipped": skipped}
-    write_shard(out_path,
-                {"L": L[:m], "ab": ab[:m], "paths": kept, "fingerprints": fps,
-                 "sizes": np.asarray(sizes, np.int32).reshape(m, 2)},
-                {"kind": "lab", "signature": sig, "im_size": im_size, "lab_layout": LAB_LAYOUT, **summary},
+    arrays = {"L": L[:m], "ab": ab[:m], "paths": kept, "fingerprints": fps,
+              "sizes": np.asarray(sizes, np.int32).reshape(m, 2)}
+    attrs = {"kind": "lab", "signature": sig, "im_size": im_size, "lab_layout": LAB_LAYOUT, **summary}
+    if im_size % SUM_BLOCK == 0:                                  # for the label stage (labels.SUM_BLOCK)
+        arrays["ab_sums"] = block_sums(ab[:m], SUM_BLOCK, np.int16)
+        attrs["ab_sums_block"] = SUM_BLOCK
+    write_shard(out_path, arrays, attrs,
                 compression={"ab": compression})                  # L raw: the loader reads it per sample
     return summary
 
@@ -142,19 +145,24 @@ def mean_lightness(shard_paths, n_pixels: int, seed: int = 0) -> float:
 def build_label_shard(lab_path, gmm: dict, lowpass: int, out_path, sig: str = "", on_image=None) -> dict:
     """Posteriors of every image of a Lab shard at the target resolution; float16
     (max error 2^-12 ~ 2.4e-4 on values in [0, 1]).  Works on batches of LABEL_BATCH
-    images: one low-pass and one posterior evaluation per batch.
+    images: one low-pass and one posterior evaluation per batch.  Reads the shard's a/b block
+    sums (ab_sums) when it has them and `lowpass` is a multiple of their block, else its a/b:
+    the same labels either way (labels.SUM_BLOCK).
 
     Values below 2^-14 (float16's smallest normal number) are stored as 0: an error
     below the encoding's own bound, and numpy casts subnormal float16 values in a
     slow path (~9x slower; about half of all posteriors are that small)."""
     attrs = read_attrs(lab_path)
     n, size, k = attrs["n_images"], attrs["im_size"], len(gmm["weights"])
+    summed = attrs.get("ab_sums_block", 1)
+    summed = summed if lowpass % summed == 0 else 1
     s = size // lowpass
     post = np.empty((n, k, s, s), np.float16)
     for i in range(0, n, LABEL_BATCH):
         j = min(n, i + LABEL_BATCH)
-        ab = check_ab(read_array(lab_path, "ab", slice(i, j)))      # (B, 2, S, S) int8
-        p = target_posteriors(ab, gmm, lowpass)                     # (B, K, s, s) float32
+        ab = (check_ab(read_array(lab_path, "ab", slice(i, j))) if summed == 1     # (B, 2, S, S) int8
+              else check_ab_sums(read_array(lab_path, "ab_sums", slice(i, j))))    # (B, 2, S/8, S/8) int16
+        p = target_posteriors(ab, gmm, lowpass, summed=summed)          # (B, K, s, s) float32
         np.copyto(p, np.float32(0), where=p < np.float32(2 ** -14))
         post[i:j] = p
         if on_image:

@@ -7,7 +7,9 @@ flipped byte is an error on read, never silently wrong data).  Metadata lives in
 attributes, dicts/lists stored as JSON strings.
 
 Lab shard:    L (N, S, S) uint8 lightness and ab (N, 2, S, S) int8 a/b (see LAB_LAYOUT,
-              encode_lab, decode_L, decode_ab);
+              encode_lab, decode_L, decode_ab); ab_sums (N, 2, S/8, S/8) int16, a/b summed
+              over 8 x 8 blocks, for the label stage (labels.SUM_BLOCK; absent from shards
+              written before, and when S is not a multiple of 8);
               paths (N,) str relative to the dataset root; sizes (N, 2) int32
               original (width, height); fingerprints (N,) str.
 Strings are stored as fixed-length UTF-8 bytes, checksummed too (_create_strings).
@@ -73,6 +75,11 @@ def decode_L(q) -> np.ndarray:
 def check_ab(q) -> np.ndarray:
     """int8 a/b read from a Lab shard, checked (the integers, for labels.lowpass_ab's exact sums)."""
     return _checked(q, np.int8, "ab")
+
+
+def check_ab_sums(q) -> np.ndarray:
+    """int16 a/b block sums (ab_sums, see labels.SUM_BLOCK) read from a Lab shard, checked."""
+    return _checked(q, np.int16, "ab_sums")
 
 
 def decode_ab(q) -> np.ndarray:

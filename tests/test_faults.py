@@ -121,14 +121,16 @@ def _build_failures(*roots):
     return failures
 
 
-@pytest.mark.parametrize("kind, array, reader", [
-    ("labels", "posteriors", "TrainFCN32s"),   # training reads every label shard of its splits
-    ("lab", "L", "TrainFCN32s"),               # ... and every Lab shard
-    ("lab", "ab", "LabelShard"),               # a label shard being (re)built reads its Lab shard
+@pytest.mark.parametrize("kind, array, reader, lowpass", [
+    ("labels", "posteriors", "TrainFCN32s", 8),   # training reads every label shard of its splits
+    ("lab", "L", "TrainFCN32s", 8),               # ... and every Lab shard
+    ("lab", "ab_sums", "LabelShard", 8),          # a label shard being (re)built reads its Lab shard:
+    ("lab", "ab", "LabelShard", 4),               # the a/b block sums (labels.SUM_BLOCK), or the a/b
 ])
 def test_a_flipped_byte_in_a_finished_shard_is_an_error_naming_the_file(work, photo_dataset, one_torch_thread,
-                                                                         kind, array, reader):
-    train = tasks.TrainFCN32s(config=CFG, dataset=str(photo_dataset))
+                                                                         kind, array, reader, lowpass):
+    overrides = {"img_lowpass": lowpass}
+    train = tasks.TrainFCN32s(config=CFG, dataset=str(photo_dataset), overrides=overrides)
     build(train.requires()["inputs"])                          # everything training reads, built
     split = train.requires()["inputs"].requires()["train"]
     lab, labels = split.pairs()[0]
@@ -138,7 +140,7 @@ def test_a_flipped_byte_in_a_finished_shard_is_an_error_naming_the_file(work, ph
         verify_shard(victim)
     if reader == "LabelShard":
         Path(labels).unlink()
-        root = tasks.PrepareRun(config=CFG, dataset=str(photo_dataset))
+        root = tasks.PrepareRun(config=CFG, dataset=str(photo_dataset), overrides=overrides)
     else:
         root = train
     failures = _build_failures(root)

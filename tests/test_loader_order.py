@@ -104,8 +104,8 @@ def test_loader_opens_each_shard_file_about_once_per_epoch(tmp_path, monkeypatch
     sizes = [4] * 100                                  # more shards than open files kept (64)
     ds = ShardDataset(_tiny_shards(tmp_path, sizes), flip=True)
     opened = []
-    real_file = h5py.File
-    monkeypatch.setattr(h5py, "File", lambda path, *a, **kw: opened.append(path) or real_file(path, *a, **kw))
+    real_open = h5py.h5f.open
+    monkeypatch.setattr(h5py.h5f, "open", lambda path, *a, **kw: opened.append(path) or real_open(path, *a, **kw))
 
     def open_files():
         return len(h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE))

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pipeline.shards import ShardError, corrupt_shard, decode_ab, decode_L
+from pipeline.shards import ShardError, corrupt_shard, decode_ab, decode_L, read_array
 
 from train.stop import quiet_worker   # absolute: bench/many_shards.py loads this file alone
 
@@ -53,6 +53,58 @@ def _shape(path, name):
             return tuple(f[name].shape)
     except OSError as e:
         raise ShardError(f"cannot read shard {path}: {e}") from None
+
+
+_FAPL = []
+
+
+def _read_fapl():
+    """The file-access properties every shard is opened with (made once per process): no
+    chunk cache (an epoch reads each chunk, one image, once, so HDF5's default 1 MB per
+    dataset only adds a copy and memory), weak close degree (the file closes when its last
+    object goes)."""
+    if not _FAPL:
+        fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+        fapl.set_cache(0, 521, 0, 0.75)              # (metadata elements: unused, slots, bytes, w0)
+        fapl.set_fclose_degree(h5py.h5f.CLOSE_WEAK)
+        _FAPL.append(fapl)
+    return _FAPL[0]
+
+
+_LAYOUTS = {}
+
+
+def _memory_layout(dtype, row_shape):
+    """(HDF5 memory type, dataspace) of one row: made once per dtype and shape (per read,
+    h5py would make the type each time, ~30 us for float16)."""
+    key = (dtype.str, row_shape)
+    if key not in _LAYOUTS:
+        _LAYOUTS[key] = (h5py.h5t.py_create(dtype), h5py.h5s.create_simple((1,) + row_shape))
+    return _LAYOUTS[key]
+
+
+class _RowReader:
+    """One dataset of an open shard, read one row (image) at a time through h5py's low-level
+    API.  Opening a shard is most of what the many-shard order costs over one file, and
+    h5py's File, its dataset lookup and its first slice cost ~0.6 ms per file here; the
+    low-level open, lookup and read with a kept selection ~0.26 ms (bench/many_shards.py).
+    Checksums and filters apply as in any HDF5 read: a flipped byte is an OSError."""
+
+    def __init__(self, fid, name: str, path):
+        try:
+            self.id = h5py.h5d.open(fid, name.encode())
+        except KeyError:
+            raise ShardError(f"shard {path} has no dataset {name!r}") from None
+        self.file_space = self.id.get_space()
+        self.row_shape, self.dtype = self.file_space.shape[1:], self.id.dtype
+        self.mem_type, self.mem_space = _memory_layout(self.dtype, self.row_shape)
+
+    def read(self, row: int) -> np.ndarray:
+        """Row `row` as a new array (the caller keeps it: a batch is collated later)."""
+        out = np.empty((1,) + self.row_shape, self.dtype)
+        self.file_space.select_hyperslab((row,) + (0,) * len(self.row_shape), (1,) + self.row_shape)
+        self.id.read(self.mem_space, self.file_space, out, self.mem_type)
+        return out[0]
 
 
 class ShardDataset(Dataset):
@@ -118,17 +170,14 @@ class ShardDataset(Dataset):
         f = self._files.get(path)
         if f is None:
             try:
-                # No chunk cache: an epoch reads each chunk (one image) once, so HDF5's
-                # default 1 MB per dataset only adds a copy and up to 1 MB of memory per
-                # open dataset (256 MB per process with _MAX_OPEN files).
-                f = h5py.File(path, "r", rdcc_nbytes=0)
+                f = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY, fapl=_read_fapl())
             except OSError as e:
                 raise ShardError(f"cannot read shard {path}: {e}") from None
             self._files[path] = f
             if len(self._files) > _MAX_OPEN:
-                # Dropping the last references closes the file (HDF5's default weak close
-                # degree).  File.close() would first scan every open HDF5 object of the
-                # process: ~0.3 ms with _MAX_OPEN files open vs ~0.05 ms.
+                # Dropping the last references closes the file (weak close degree, _read_fapl).
+                # File.close() would first scan every open HDF5 object of the process: ~0.3 ms
+                # with _MAX_OPEN files open vs ~0.05 ms.
                 old, _ = self._files.popitem(last=False)
                 self._datasets = {k: v for k, v in self._datasets.items() if k[0] != old}
         else:
@@ -139,12 +188,11 @@ class ShardDataset(Dataset):
         shard, row = int(self._shard[index]), int(self._row[index])
         path = self.pairs[shard][which]
         try:
-            # h5py re-resolves f[name] on every access (~1 ms): keep the dataset objects
-            # of open files (bench/loader.py: ~4x more samples/s)
+            # the dataset objects of open files are kept: looking one up costs more than a read
             ds = self._datasets.get((path, name)) if self._pid == os.getpid() else None
             if ds is None:
-                ds = self._datasets[(path, name)] = self._file(path)[name]
-            return ds[row]
+                ds = self._datasets[(path, name)] = _RowReader(self._file(path), name, path)
+            return ds.read(row)
         except OSError as e:
             raise corrupt_shard(path, f"dataset {name}, row {row}", e) from None
 
@@ -172,11 +220,11 @@ class ShardDataset(Dataset):
     def get_visual(self, index) -> dict:
         """Unflipped raw arrays of image `index` for visualisation:
         L (S, S), ab (2, S, S), posteriors (K, s, s) as float32, and its path."""
-        path = self._read(0, "paths", index)
+        shard, row = int(self._shard[index]), int(self._row[index])
         return {"L": decode_L(self._read(0, "L", index)),
                 "ab": decode_ab(self._read(0, "ab", index)),
                 "posteriors": self._read(1, "posteriors", index).astype(np.float32),
-                "path": path.decode() if isinstance(path, bytes) else str(path)}
+                "path": str(read_array(self.pairs[shard][0], "paths", row)[0])}
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
